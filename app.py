@@ -1,0 +1,272 @@
+"""LiveTalking server: the web demo and the HTTP API, one session per WebRTC connection.
+
+    python app.py                       # embedded CPU portrait model, offline TTS, port 8010
+    python app.py --model wav2lip --avatar_id wav2lip256_avatar1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+import httpapi
+from audio_util import decode_audio_bytes
+from basereal import BaseReal
+from httpapi import ApiError, ok, optional_bool, parse_sessionid, read_json, require_str
+from ttsreal import TTSEngine, load_tts_engine
+
+log = logging.getLogger("livetalking")
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+# --model name -> "module:SessionClass"; a model is imported only when chosen.
+MODELS = {
+    "portrait": "portraitreal:PortraitReal",
+}
+CONNECT_TIMEOUT_S = 30.0  # an offer whose peer never connects is dropped after this
+DISCONNECT_GRACE_S = 5.0  # a peer that stays "disconnected" this long has vanished
+MAX_UPLOAD_SECONDS = 600.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="LiveTalking: real-time streaming digital human")
+    p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
+    p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
+    p.add_argument("--batch_size", type=int, default=None, help="video frames inferred together (default: per model)")
+    p.add_argument("--tts", default="piper", help="TTS engine: piper (offline, default) or espeak")
+    p.add_argument("--REF_FILE", default=None, help="voice: espeak voice name (e.g. cmn) or a piper .onnx voice")
+    p.add_argument("--REF_TEXT", default=None, help="text of the reference audio (voice-cloning engines)")
+    p.add_argument("--TTS_SERVER", default="http://127.0.0.1:9880", help="self-hosted TTS server address")
+    p.add_argument("--transport", default="webrtc", choices=["webrtc"], help="output transport")
+    p.add_argument("--push_url", default=None, help="push address (rtmp/rtcpush transports; not in this build)")
+    p.add_argument("--max_session", type=int, default=4, help="concurrent sessions (default 4)")
+    p.add_argument("--listenport", type=int, default=8010, help="HTTP port (default 8010)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--max_upload_mb", type=float, default=50, help="largest /humanaudio upload (default 50)")
+    p.add_argument("-l", type=int, default=10, help="audio left context in 20 ms frames (default 10)")
+    p.add_argument("-m", type=int, default=8, help="middle context (upstream's NeRF window; the lip models use the batch)")
+    p.add_argument("-r", type=int, default=10, help="audio right context (look-ahead) in 20 ms frames (default 10)")
+    p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    opt = p.parse_args(argv)
+    if opt.model not in MODELS:
+        p.error(f"unknown --model '{opt.model}'; choose one of: {', '.join(MODELS)}")
+    if opt.batch_size is not None and opt.batch_size < 1:
+        p.error("--batch_size must be at least 1")
+    if opt.max_session < 1:
+        p.error("--max_session must be at least 1")
+    return opt
+
+
+def session_class(model: str) -> type[BaseReal]:
+    module_name, class_name = MODELS[model].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+class LiveTalking:
+    """Shared resources (weights, avatar, TTS engine) loaded once, and the live sessions."""
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        self.opt = opt
+        self.session_cls = session_class(opt.model)
+        if opt.avatar_id is None:
+            opt.avatar_id = self.session_cls.default_avatar_id
+        started = time.perf_counter()
+        self.model = self.session_cls.load_model(opt)
+        self.avatar = self.session_cls.load_avatar(opt)
+        self.session_cls.warm_up(opt, self.model, self.avatar)
+        self.tts_engine: TTSEngine = load_tts_engine(opt)
+        log.info(
+            "loaded model %s, avatar %s, tts %s in %.1fs",
+            opt.model, opt.avatar_id, opt.tts, time.perf_counter() - started,
+        )
+        self.sessions: dict[int, BaseReal] = {}
+        self.peers: dict[int, RTCPeerConnection] = {}
+        self._opening = 0  # sessions being built, counted against --max_session
+
+    # --- sessions ----------------------------------------------------------------------------
+    def new_session(self, sessionid: int) -> BaseReal:
+        """Build one session (blocking; runs in an executor)."""
+        return self.session_cls(self.opt, self.model, self.avatar, self.tts_engine, sessionid)
+
+    def get_session(self, value: Any) -> BaseReal:
+        sessionid = parse_sessionid(value)
+        session = self.sessions.get(sessionid)
+        if session is None:
+            raise ApiError(404, f"no session {sessionid}; open one with POST /offer")
+        return session
+
+    async def close_session(self, sessionid: int, reason: str) -> None:
+        session = self.sessions.pop(sessionid, None)
+        pc = self.peers.pop(sessionid, None)
+        if session is None and pc is None:
+            return
+        log.info("closing session %s (%s)", sessionid, reason)
+        if pc is not None:
+            await pc.close()
+        if session is not None:
+            await asyncio.get_running_loop().run_in_executor(None, session.close)
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close_session(sid, "server shutdown") for sid in list(self.peers)))
+
+    def _new_sessionid(self) -> int:
+        while True:
+            sid = httpapi.SESSION_ID_MIN + secrets.randbelow(httpapi.SESSION_ID_MAX - httpapi.SESSION_ID_MIN)
+            if sid not in self.sessions:
+                return sid
+
+    # --- handlers ------------------------------------------------------------------------------
+    async def offer(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        sdp = require_str(body, "sdp")
+        kind = body.get("type", "offer")
+        if kind != "offer":
+            raise ApiError(400, f"field 'type' must be 'offer', got {kind!r}")
+        if len(self.sessions) + self._opening >= self.opt.max_session:
+            raise ApiError(503, f"all {self.opt.max_session} sessions are in use (--max_session); try again later")
+        sessionid = self._new_sessionid()
+        loop = asyncio.get_running_loop()
+        self._opening += 1
+        try:
+            session = await loop.run_in_executor(None, self.new_session, sessionid)
+        finally:
+            self._opening -= 1
+        pc = RTCPeerConnection()
+        self.sessions[sessionid] = session
+        self.peers[sessionid] = pc
+        self._watch_peer(sessionid, pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            pc.addTrack(session.player.audio)
+            pc.addTrack(session.player.video)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await self.close_session(sessionid, "bad offer")
+            raise ApiError(400, f"could not use the SDP offer: {exc}") from None
+        session.start()
+        log.info("session %s opened (%d live)", sessionid, len(self.sessions))
+        return web.json_response(
+            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": sessionid}
+        )
+
+    def _watch_peer(self, sessionid: int, pc: RTCPeerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        timers: dict[str, asyncio.TimerHandle] = {}
+
+        def close_later(delay: float, reason: str) -> None:
+            cancel()
+            timers["close"] = loop.call_later(
+                delay, lambda: asyncio.ensure_future(self.close_session(sessionid, reason))
+            )
+
+        def cancel() -> None:
+            timer = timers.pop("close", None)
+            if timer is not None:
+                timer.cancel()
+
+        close_later(CONNECT_TIMEOUT_S, "peer never connected")
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            log.info("session %s peer %s", sessionid, state)
+            if state == "connected":
+                cancel()
+            elif state == "disconnected":
+                close_later(DISCONNECT_GRACE_S, "peer vanished")
+            elif state in ("failed", "closed"):
+                cancel()
+                await self.close_session(sessionid, f"peer {state}")
+
+    async def human(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        session = self.get_session(body.get("sessionid"))
+        text = require_str(body, "text")
+        kind = body.get("type", "echo")
+        if kind == "chat":
+            raise ApiError(400, "type 'chat' needs an LLM, and this server has none configured; use type 'echo'")
+        if kind != "echo":
+            raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {kind!r}")
+        if optional_bool(body, "interrupt"):
+            session.interrupt()
+        session.say(text)
+        return ok()
+
+    async def humanaudio(self, request: web.Request) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            raise ApiError(400, "send the audio as multipart/form-data with fields 'file' and 'sessionid'")
+        form = await request.post()
+        session = self.get_session(form.get("sessionid"))
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "file"):
+            raise ApiError(400, "missing file field 'file'")
+        data = upload.file.read()
+        loop = asyncio.get_running_loop()
+        try:
+            audio = await loop.run_in_executor(
+                None, lambda: decode_audio_bytes(data, upload.filename or "", max_seconds=MAX_UPLOAD_SECONDS)
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        session.say_audio(audio, {"file": upload.filename or ""})
+        return ok()
+
+    async def interrupt_talk(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        self.get_session(body.get("sessionid")).interrupt()
+        return ok()
+
+    async def is_speaking(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        return ok(self.get_session(body.get("sessionid")).is_speaking)
+
+
+def build_app(opt: argparse.Namespace) -> web.Application:
+    live = LiveTalking(opt)
+    app = web.Application(
+        client_max_size=int(opt.max_upload_mb * 1024 * 1024),
+        middlewares=[httpapi.envelope_middleware(opt.max_upload_mb)],
+    )
+    app["live"] = live
+    app.router.add_post("/offer", live.offer)
+    app.router.add_post("/human", live.human)
+    app.router.add_post("/humanaudio", live.humanaudio)
+    app.router.add_post("/interrupt_talk", live.interrupt_talk)
+    app.router.add_post("/is_speaking", live.is_speaking)
+    app.router.add_get("/", lambda _: web.FileResponse(WEB_DIR / "index.html"))
+    app.router.add_static("/", WEB_DIR)
+
+    async def on_shutdown(_: web.Application) -> None:
+        await live.close_all()
+
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(opt.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app = build_app(opt)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("open http://localhost:%d/ in a browser", opt.listenport)
+    web.run_app(app, host=opt.host, port=opt.listenport, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

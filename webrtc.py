@@ -1,0 +1,193 @@
+"""WebRTC output: one audio and one video track per session, paced by one clock.
+
+The render thread pushes *units*: one video frame and the two 20 ms audio frames it was made
+from. Time is cut into 40 ms slots counted from the moment the first track starts; slot k
+plays unit k. Whichever track reaches a slot first takes the next unit from the queue, and
+the other track finds it in a short history, so picture and sound of a unit always leave
+together, even when one track runs a little behind. When no unit is ready (the renderer is
+late) the video repeats its last frame and the audio plays silence for that slot; nothing
+drifts, because slots follow the clock, not the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from baseasr import CHUNK, SAMPLE_RATE, SILENCE, AudioFrame
+
+log = logging.getLogger(__name__)
+
+FPS = 25
+SLOT_SECONDS = 1 / FPS
+VIDEO_CLOCK = 90000
+_SILENT_PCM = np.zeros((1, CHUNK), dtype=np.int16)
+
+
+@dataclass
+class Unit:
+    """One video frame and its two audio frames."""
+
+    image: np.ndarray  # HxWx3 uint8 BGR
+    audio: tuple[AudioFrame, AudioFrame]
+
+
+class HumanPlayer:
+    """Bounded unit queue between a session's render thread and its two tracks.
+
+    `capacity` bounds how far rendering may run ahead of playback (latency); the render
+    thread waits in `wait_for_room` (back-pressure) instead of growing the queue.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        on_audio_sent: Callable[[AudioFrame], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity
+        self._units: deque[Unit] = deque()
+        self._cond = threading.Condition()
+        self._clock = clock
+        self._start: float | None = None
+        self._next_slot = 0  # the slot the next dequeued unit plays in
+        self._recent: deque[tuple[int, Unit | None]] = deque(maxlen=50)  # (slot, unit)
+        self._closed = False
+        self._on_audio_sent = on_audio_sent
+        self.audio = PlayerStreamTrack(self, "audio")
+        self.video = PlayerStreamTrack(self, "video")
+        self.frames_sent = 0
+        self.audio_packets_sent = 0
+
+    # --- render-thread side --------------------------------------------------------------
+    def wait_for_room(self, n_units: int, timeout: float) -> bool:
+        """Wait until `n_units` fit without passing capacity. False on timeout or close."""
+        need = max(self.capacity - n_units, 0)
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or len(self._units) <= need, timeout)
+            return not self._closed and len(self._units) <= need
+
+    def push(self, unit: Unit) -> None:
+        with self._cond:
+            if not self._closed:
+                self._units.append(unit)
+
+    def clear(self) -> None:
+        """Drop every unit not yet played (interrupt)."""
+        with self._cond:
+            self._units.clear()
+            self._cond.notify_all()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._units)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._units.clear()
+            self._cond.notify_all()
+        self.audio.stop()
+        self.video.stop()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- track side (event loop) ---------------------------------------------------------
+    def slot_deadline(self, slot: float) -> float:
+        """Wall-clock time at which `slot` (may be fractional for audio) starts playing."""
+        with self._cond:
+            if self._start is None:
+                self._start = self._clock()
+            return self._start + slot * SLOT_SECONDS
+
+    def unit_for_slot(self, slot: int) -> Unit | None:
+        """The unit that plays in `slot`; None when the renderer had nothing for it."""
+        with self._cond:
+            while self._next_slot <= slot:
+                unit = self._units.popleft() if self._units else None
+                self._recent.append((self._next_slot, unit))
+                self._next_slot += 1
+                self._cond.notify_all()
+            for s, unit in reversed(self._recent):
+                if s == slot:
+                    return unit
+        return None  # so far behind that the unit was forgotten: play a gap
+
+    def notify_audio_sent(self, frame: AudioFrame) -> None:
+        self.audio_packets_sent += 1
+        if self._on_audio_sent is not None:
+            self._on_audio_sent(frame)
+
+
+class PlayerStreamTrack(MediaStreamTrack):
+    """An aiortc track that plays the player's units on the shared slot clock."""
+
+    def __init__(self, player: HumanPlayer, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._player = player
+        self._count = 0  # frames (video) or 20 ms packets (audio) produced
+        self._last_image: np.ndarray | None = None
+
+    async def recv(self) -> av.frame.Frame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.kind == "video":
+            return await self._recv_video()
+        return await self._recv_audio()
+
+    async def _wait(self, slot: float) -> None:
+        delay = self._player.slot_deadline(slot) - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.readyState != "live":
+            raise MediaStreamError
+
+    async def _recv_video(self) -> av.VideoFrame:
+        slot = self._count
+        await self._wait(slot)
+        unit = self._player.unit_for_slot(slot)
+        if unit is not None:
+            self._last_image = unit.image
+        image = self._last_image
+        if image is None:  # nothing rendered yet: a black frame keeps the stream alive
+            image = np.zeros((64, 64, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = slot * (VIDEO_CLOCK // FPS)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._count += 1
+        self._player.frames_sent += 1
+        return frame
+
+    async def _recv_audio(self) -> av.AudioFrame:
+        index = self._count
+        await self._wait(index / 2)
+        unit = self._player.unit_for_slot(index // 2)
+        sent = unit.audio[index % 2] if unit is not None else SILENCE
+        self._player.notify_audio_sent(sent)
+        pcm = _to_pcm16(sent.samples) if sent.speech else _SILENT_PCM
+        frame = av.AudioFrame(format="s16", layout="mono", samples=CHUNK)
+        frame.planes[0].update(pcm.tobytes())
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = index * CHUNK
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._count += 1
+        return frame
+
+
+def _to_pcm16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, CHUNK)
+
