@@ -69,6 +69,8 @@ class HumanPlayer:
         self.video = PlayerStreamTrack(self, "video")
         self.frames_sent = 0
         self.audio_packets_sent = 0
+        self.slots_played = 0  # slots that had a rendered unit
+        self.slots_missed = 0  # slots the renderer was late for (frame repeated, silence)
 
     # --- render-thread side --------------------------------------------------------------
     def wait_for_room(self, n_units: int, timeout: float) -> bool:
@@ -118,6 +120,10 @@ class HumanPlayer:
         with self._cond:
             while self._next_slot <= slot:
                 unit = self._units.popleft() if self._units else None
+                if unit is None:
+                    self.slots_missed += 1
+                else:
+                    self.slots_played += 1
                 self._recent.append((self._next_slot, unit))
                 self._next_slot += 1
                 self._cond.notify_all()
