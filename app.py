@@ -229,6 +229,22 @@ class LiveTalking:
         body = await read_json(request)
         return ok(self.get_session(body.get("sessionid")).is_speaking)
 
+    async def stats(self, request: web.Request) -> web.Response:
+        """Per-session counters for operators and bench/: slots rendered in time vs late.
+
+        Session ids are left out on purpose: they are the sessions' only credential.
+        """
+        return ok({"sessions": [
+            {
+                "speaking": s.is_speaking,
+                "slots_played": s.player.slots_played,
+                "slots_missed": s.player.slots_missed,
+                "frames_sent": s.player.frames_sent,
+                "audio_packets_sent": s.player.audio_packets_sent,
+            }
+            for s in self.sessions.values()
+        ]})
+
 
 def build_app(opt: argparse.Namespace) -> web.Application:
     live = LiveTalking(opt)
@@ -242,6 +258,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     app.router.add_post("/humanaudio", live.humanaudio)
     app.router.add_post("/interrupt_talk", live.interrupt_talk)
     app.router.add_post("/is_speaking", live.is_speaking)
+    app.router.add_get("/stats", live.stats)
     app.router.add_get("/", lambda _: web.FileResponse(WEB_DIR / "index.html"))
     app.router.add_static("/", WEB_DIR)
 

@@ -1,0 +1,210 @@
+"""End-to-end figures as a browser would see them, against `app.py` started as a subprocess.
+
+    .venv/bin/python bench/e2e.py [--repeats 5] [--max_sessions 6]
+
+Prints JSON: time from POST /human to the first speech audio and to the first mouth-moving
+frame at the client, their offset, interrupt to silence, server CPU per idle and per speaking
+session, and how many speaking sessions hold 24+ fps. The client peers (which decode the video)
+run in this process on the same machine, so they compete with the server for its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from livepeer import LivePeer  # noqa: E402
+from portrait_geometry import mouth_box  # noqa: E402
+
+SPEECH_RMS = 0.02
+MOUTH_MOVED = 6.0  # mean absolute pixel change of the mouth region from the rest pose
+LONG_TEXT = " ".join(["This is a long answer that keeps the avatar talking for a while."] * 8)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Server:
+    def __init__(self, extra: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--listenport", str(self.port), "--host", "127.0.0.1",
+             "--log_level", "WARNING", *extra],
+            cwd=ROOT,
+        )
+
+    async def wait_ready(self, http: aiohttp.ClientSession) -> None:
+        for _ in range(300):
+            try:
+                async with http.get(self.url + "/stats") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
+    async with http.post(url, json=body) as resp:
+        return await resp.json()
+
+
+async def until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def rest_pose(peer: LivePeer) -> np.ndarray:
+    return np.median(np.stack([v.mouth for v in peer.video[-10:]]), axis=0).astype(np.int16)
+
+
+async def latency_round(srv: Server, http: aiohttp.ClientSession, peer: LivePeer) -> dict:
+    await asyncio.sleep(1.0)  # idle, so the round starts from silence
+    rest = rest_pose(peer)
+    sent = time.monotonic()
+    await post(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": "Hello, how are you?"})
+    await until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
+    await until(
+        lambda: any(np.abs(v.mouth.astype(np.int16) - rest).mean() > MOUTH_MOVED for v in peer.video_since(sent)), 10
+    )
+    first_audio = next(a.arrival for a in peer.audio_since(sent) if a.rms > SPEECH_RMS)
+    first_mouth = next(
+        v.arrival for v in peer.video_since(sent) if np.abs(v.mouth.astype(np.int16) - rest).mean() > MOUTH_MOVED
+    )
+    await asyncio.sleep(2.5)  # let the sentence finish
+    return {
+        "first_audio_ms": (first_audio - sent) * 1000,
+        "first_mouth_ms": (first_mouth - sent) * 1000,
+        "av_offset_ms": (first_mouth - first_audio) * 1000,
+    }
+
+
+async def interrupt_round(srv: Server, http: aiohttp.ClientSession, peer: LivePeer) -> float:
+    sent = time.monotonic()
+    await post(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": LONG_TEXT})
+    await until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
+    await asyncio.sleep(1.0)
+    asked = time.monotonic()
+    await post(http, srv.url + "/interrupt_talk", {"sessionid": peer.sessionid})
+    await asyncio.sleep(1.5)
+    loud = [a.arrival for a in peer.audio_since(asked) if a.rms > SPEECH_RMS]
+    return (max(loud) - asked) * 1000 if loud else 0.0
+
+
+async def cpu_share(srv: Server, seconds: float) -> float:
+    start_cpu, start = process_cpu_seconds(srv.proc.pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (process_cpu_seconds(srv.proc.pid) - start_cpu) / (time.monotonic() - start)
+
+
+async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) -> list[float]:
+    """Per session: slots that had a newly rendered frame, per second."""
+    async def snapshot():
+        async with http.get(srv.url + "/stats") as resp:
+            return (await resp.json())["data"]["sessions"]
+
+    before, start = await snapshot(), time.monotonic()
+    await asyncio.sleep(seconds)
+    after, elapsed = await snapshot(), time.monotonic() - start
+    return [(a["slots_played"] - b["slots_played"]) / elapsed for a, b in zip(after, before)]
+
+
+async def keep_talking(http: aiohttp.ClientSession, srv: Server, peers: list[LivePeer]) -> None:
+    for p in peers:
+        await post(http, srv.url + "/human", {"sessionid": p.sessionid, "text": LONG_TEXT, "interrupt": True})
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    srv = Server(["--max_session", str(args.max_sessions + 1)])
+    result: dict = {"bench": "e2e", "machine": machine_name(), "model": "portrait"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await srv.wait_ready(http)
+            peer = LivePeer(srv.url, mouth_box())
+            await peer.connect(http)
+            await peer.wait_for_media()
+            rounds = [await latency_round(srv, http, peer) for _ in range(args.repeats)]
+            for key in ("first_audio_ms", "first_mouth_ms", "av_offset_ms"):
+                result[key] = round(statistics.median(r[key] for r in rounds), 1)
+            result["interrupt_to_silence_ms"] = round(
+                statistics.median([await interrupt_round(srv, http, peer) for _ in range(args.repeats)]), 1
+            )
+            await asyncio.sleep(1.0)
+            result["cpu_idle_session"] = round(await cpu_share(srv, 5.0), 3)
+            await keep_talking(http, srv, [peer])
+            await asyncio.sleep(1.0)
+            result["cpu_speaking_session"] = round(await cpu_share(srv, 5.0), 3)
+            await peer.close()
+
+            peers: list[LivePeer] = []
+            scale = {}
+            for n in range(1, args.max_sessions + 1):
+                extra = LivePeer(srv.url, mouth_box())
+                await extra.connect(http)
+                await extra.wait_for_media()
+                peers.append(extra)
+                await keep_talking(http, srv, peers)
+                await asyncio.sleep(1.0)
+                fps = await fresh_fps(http, srv, 5.0)
+                scale[n] = round(min(fps), 1) if fps else 0.0
+            result["speaking_sessions_min_fps"] = scale
+            result["speaking_sessions_at_24fps"] = max([n for n, f in scale.items() if f >= 24] or [0])
+            for p in peers:
+                await p.close()
+    finally:
+        srv.stop()
+    return result
+
+
+def machine_name() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max_sessions", type=int, default=6)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main_async(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
