@@ -61,7 +61,10 @@ def _lowpass(up: int, down: int) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, up: int, down: int) -> np.ndarray:
-    return resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
+    y = resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
+    # The filter rings a little past a full-scale peak (Piper normalises to exactly 1.0);
+    # clip so that int16 conversion downstream cannot wrap around.
+    return np.clip(y, -1.0, 1.0, out=y)
 
 
 def to_16k_mono(samples: np.ndarray, rate: int) -> np.ndarray:
