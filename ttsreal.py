@@ -8,6 +8,7 @@ so the avatar starts talking before a long reply is synthesised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -125,8 +126,11 @@ class EspeakEngine(TTSEngine):
         try:
             # With --stdin espeak reads all input before it speaks, so writing it whole
             # first cannot deadlock against its output pipe.
-            proc.stdin.write(text.encode("utf-8"))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(text.encode("utf-8"))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # espeak exited at once (bad voice); its exit status and message follow
             header = _read_wav_header(proc.stdout)
             if header is not None:
                 rate, channels = header
@@ -139,7 +143,8 @@ class EspeakEngine(TTSEngine):
                 proc.kill()
                 proc.wait()
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                pipe.close()
+                with contextlib.suppress(OSError):  # stdin may still hold text for a dead pipe
+                    pipe.close()
 
 
 def _stderr_text(data: bytes) -> str:
