@@ -16,10 +16,11 @@ CHUNK = 320  # 20 ms at 16 kHz; a 25 fps video frame owns two chunks
 FEATURE_DIM = 3  # [opening 0..1, width -1..1 (oo .. ee), teeth 0..1]
 
 FLOOR_DB = -50.0  # voiced-band level (dBFS) at which the mouth starts to open
-FULL_DB = -14.0  # level at which it is fully open; loud syllables of normalised TTS reach this
+FULL_DB = -16.0  # level at which it is fully open; loud syllables of normalised TTS reach this
 OPEN_VOWEL_DB = (-5.0, 15.0)  # F1-region over low-band balance: from closed ("ee") to open ("ah")
 SPREAD_DB = (-15.0, 8.0)  # F2-region over F1-region balance: centre (neutral) and span
-TEETH_DB = (-6.0, 14.0)  # hiss over voice where teeth start to show, and span to full
+TEETH_DB = (-6.0, 14.0)
+DIP_DB = 12.0  # level below the local peak at which the syllable-contrast term reaches zero  # hiss over voice where teeth start to show, and span to full
 
 # Chunk offsets relative to a frame's first chunk and their weights: ~100 ms of support with
 # more weight ahead of the frame (anticipation) than behind it.
@@ -49,6 +50,12 @@ _BANDS = np.stack(
 )
 
 
+def _local_max(x: np.ndarray, radius: int) -> np.ndarray:
+    """Running maximum over ±radius samples (edges padded with the edge values)."""
+    padded = np.pad(x, radius, mode="edge")
+    return np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1).max(axis=1)
+
+
 def chunk_features(chunks: np.ndarray) -> np.ndarray:
     """Per-chunk [opening, width, teeth] for float32 [N, 320] audio; exactly 0 for silence."""
     x = np.asarray(chunks, dtype=np.float32)
@@ -60,7 +67,11 @@ def chunk_features(chunks: np.ndarray) -> np.ndarray:
     loud = np.clip((voice_db - FLOOR_DB) / (FULL_DB - FLOOR_DB), 0.0, 1.0)
     # Open vowels drop the jaw further than closed ones at the same loudness.
     open_vowel = np.clip((f1_db - low_db - OPEN_VOWEL_DB[0]) / OPEN_VOWEL_DB[1], 0.0, 1.0)
-    opening = loud**1.3 * (0.65 + 0.35 * open_vowel)  # **1.3: quiet tails barely part the lips
+    # Syllable contrast: a chunk well below the loudest one within ±120 ms is a consonant or a
+    # transition, and the lips close towards it even when the absolute level stays high.
+    dip = np.clip(1.0 + (voice_db - _local_max(voice_db, 6)) / DIP_DB, 0.0, 1.0)
+    # **1.3: quiet tails barely part the lips.
+    opening = loud**1.3 * (0.45 + 0.55 * open_vowel) * (0.35 + 0.65 * dip)
     gate = np.minimum(loud * 4.0, 1.0)  # spectral shape only means something when voiced
     spread = np.clip((f2_db - np.maximum(low_db, f1_db) - SPREAD_DB[0]) / SPREAD_DB[1], -1.0, 1.0)
     # A low second formant means rounded lips, unless the vowel is open ("ah" is not an "oo").
