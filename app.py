@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LiveTalking: real-time streaming digital human")
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
     p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
-    p.add_argument("--batch_size", type=int, default=None, help="video frames inferred together (default: per model)")
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
+    )
     p.add_argument("--tts", default="piper", help="TTS engine: piper (offline, default) or espeak")
     p.add_argument("--REF_FILE", default=None, help="voice: espeak voice name (e.g. cmn) or a piper .onnx voice")
     p.add_argument("--REF_TEXT", default=None, help="text of the reference audio (voice-cloning engines)")
@@ -53,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--max_upload_mb", type=float, default=50, help="largest /humanaudio upload (default 50)")
     p.add_argument("-l", type=int, default=10, help="audio left context in 20 ms frames (default 10)")
-    p.add_argument("-m", type=int, default=8, help="middle context (upstream's NeRF window; the lip models use the batch)")
+    p.add_argument(
+        "-m", type=int, default=8, help="middle context (upstream's NeRF window; the lip models use the batch)"
+    )
     p.add_argument("-r", type=int, default=10, help="audio right context (look-ahead) in 20 ms frames (default 10)")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     opt = p.parse_args(argv)
@@ -246,20 +250,27 @@ class LiveTalking:
         ]})
 
 
+LIVE = web.AppKey("live", LiveTalking)
+
+
+async def index_page(_: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
 def build_app(opt: argparse.Namespace) -> web.Application:
     live = LiveTalking(opt)
     app = web.Application(
         client_max_size=int(opt.max_upload_mb * 1024 * 1024),
         middlewares=[httpapi.envelope_middleware(opt.max_upload_mb)],
     )
-    app["live"] = live
+    app[LIVE] = live
     app.router.add_post("/offer", live.offer)
     app.router.add_post("/human", live.human)
     app.router.add_post("/humanaudio", live.humanaudio)
     app.router.add_post("/interrupt_talk", live.interrupt_talk)
     app.router.add_post("/is_speaking", live.is_speaking)
     app.router.add_get("/stats", live.stats)
-    app.router.add_get("/", lambda _: web.FileResponse(WEB_DIR / "index.html"))
+    app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
 
     async def on_shutdown(_: web.Application) -> None:

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from baseasr import BaseASR, AudioFrame
+from baseasr import AudioFrame, BaseASR
 from ttsreal import BaseTTS, TTSEngine
-from webrtc import FPS, HumanPlayer, Unit
+from webrtc import HumanPlayer, Unit
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class BaseReal(ABC):
     @classmethod
     def warm_up(cls, opt: argparse.Namespace, model: Any, avatar: Any) -> None:
         """Run the model once so the first session does not pay for lazy initialisation."""
+        return None
 
     # --- per session hooks -----------------------------------------------------------------
     @abstractmethod
@@ -212,7 +213,7 @@ class BaseReal(ABC):
         if feats is not None:
             try:
                 preds = self.infer(feats, indices)
-                return [self.paste_back(p, i) for p, i in zip(preds, indices)]
+                return [self.paste_back(p, i) for p, i in zip(preds, indices, strict=True)]
             except Exception:
                 # A broken batch must not end the session: show idle frames, keep the audio.
                 log.exception("session %s: inference failed; showing idle frames", self.sessionid)

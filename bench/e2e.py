@@ -139,7 +139,7 @@ async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) ->
     before, start = await snapshot(), time.monotonic()
     await asyncio.sleep(seconds)
     after, elapsed = await snapshot(), time.monotonic() - start
-    return [(a["slots_played"] - b["slots_played"]) / elapsed for a, b in zip(after, before)]
+    return [(a["slots_played"] - b["slots_played"]) / elapsed for a, b in zip(after, before, strict=False)]
 
 
 async def keep_talking(http: aiohttp.ClientSession, srv: Server, peers: list[LivePeer]) -> None:

@@ -1,0 +1,65 @@
+"""Fixtures: a real LiveTalking server on loopback, run in a thread of the test process so that
+tests can also see the session's threads."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import app as livetalking  # noqa: E402
+
+
+class RunningServer:
+    """app.py's application served on 127.0.0.1 from a background event loop."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.opt = livetalking.parse_args(argv)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
+        self._thread.start()
+        self.app = web.Application()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        self.call(self._start())
+
+    def call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    async def _start(self) -> None:
+        self.app = await asyncio.get_running_loop().run_in_executor(None, livetalking.build_app, self.opt)
+        self.runner = web.AppRunner(self.app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def live(self) -> livetalking.LiveTalking:
+        return self.app[livetalking.LIVE]
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[RunningServer]:
+    srv = RunningServer(["--max_session", "8"])
+    yield srv
+    srv.stop()

@@ -1,0 +1,98 @@
+"""A real WebRTC client for the tests: it posts an offer, receives RTP and records what a
+viewer would see and hear (frame times, RTP timestamps, audio loudness, the mouth region)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+@dataclass
+class VideoSample:
+    arrival: float
+    pts: int
+    mouth: np.ndarray  # crop of the mouth region, uint8 BGR
+    size: tuple[int, int]  # width, height
+
+
+@dataclass
+class AudioSample:
+    arrival: float
+    pts: int
+    rms: float  # 0..1 loudness of this 20 ms
+    samples: int  # samples per channel
+
+
+@dataclass
+class LivePeer:
+    base_url: str
+    mouth_box: tuple[int, int, int, int]  # x1, y1, x2, y2 in the avatar frame
+    video: list[VideoSample] = field(default_factory=list)
+    audio: list[AudioSample] = field(default_factory=list)
+    sessionid: int | None = None
+    last_image: np.ndarray | None = None
+    _pc: RTCPeerConnection | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def connect(self, http: aiohttp.ClientSession) -> dict:
+        pc = self._pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.ensure_future(self._consume(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(
+            f"{self.base_url}/offer", json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        ) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        self.sessionid = answer["sessionid"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    async def _consume(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if track.kind == "video":
+                image = frame.to_ndarray(format="bgr24")
+                self.last_image = image
+                x1, y1, x2, y2 = self.mouth_box
+                self.video.append(VideoSample(now, frame.pts, image[y1:y2, x1:x2].copy(), (frame.width, frame.height)))
+            else:
+                pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+                self.audio.append(AudioSample(now, frame.pts, float(np.sqrt(np.mean(pcm**2))), frame.samples))
+
+    async def wait_for_media(self, timeout: float = 20.0) -> None:
+        """Wait until both video and audio flow."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.video) > 5 and len(self.audio) > 10:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no media after {timeout}s: {len(self.video)} video, {len(self.audio)} audio frames")
+
+    async def close(self) -> None:
+        if self._pc is not None:
+            await self._pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def audio_since(self, t: float) -> list[AudioSample]:
+        return [a for a in self.audio if a.arrival >= t]
+
+    def video_since(self, t: float) -> list[VideoSample]:
+        return [v for v in self.video if v.arrival >= t]

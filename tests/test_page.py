@@ -1,0 +1,56 @@
+"""The demo page in a real headless Chromium: Start, Say, the video plays, the badge shows speech."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (./setup.sh --dev)")
+
+# The closed network of this machine: no background connections, no QUIC, no first-run work.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def test_page_starts_a_session_and_the_avatar_speaks(server):
+    with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            assert page.locator("#sessionid").inner_text() == "none"
+            page.click("#start")
+            # The session id appears and the video starts playing frames from the server.
+            page.wait_for_function("document.querySelector('#sessionid').textContent !== 'none'", timeout=20000)
+            sessionid = int(page.locator("#sessionid").inner_text())
+            assert sessionid in server.live.sessions
+            page.wait_for_function(
+                "(() => { const v = document.querySelector('#video');"
+                " return v.videoWidth === 512 && v.currentTime > 0.5; })()",
+                timeout=20000,
+            )
+            assert page.locator("#speaking").inner_text() == "idle"
+            page.fill("#text", "Hello, how are you?")
+            page.click("#say")
+            page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'true'", timeout=15000)
+            page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'false'", timeout=20000)
+            assert page.locator("#status").inner_text() == ""
+            page.click("#stop")
+            assert page.locator("#sessionid").inner_text() == "none"
+        finally:
+            browser.close()
