@@ -15,7 +15,7 @@ import numpy as np
 from portrait.geometry import Box, LocalFrame, curve, frozen
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # arrays make the default repr unreadable
 class EyeRig:
     box: Box
     base_x: np.ndarray

@@ -19,8 +19,8 @@ FLOOR_DB = -50.0  # voiced-band level (dBFS) at which the mouth starts to open
 FULL_DB = -16.0  # level at which it is fully open; loud syllables of normalised TTS reach this
 OPEN_VOWEL_DB = (-5.0, 15.0)  # F1-region over low-band balance: from closed ("ee") to open ("ah")
 SPREAD_DB = (-15.0, 8.0)  # F2-region over F1-region balance: centre (neutral) and span
-TEETH_DB = (-6.0, 14.0)
-DIP_DB = 12.0  # level below the local peak at which the syllable-contrast term reaches zero  # hiss over voice where teeth start to show, and span to full
+TEETH_DB = (-6.0, 14.0)  # hiss over voice where teeth start to show, and span to full
+DIP_DB = 12.0  # level below the local peak at which the syllable-contrast term reaches zero
 
 # Chunk offsets relative to a frame's first chunk and their weights: ~100 ms of support with
 # more weight ahead of the frame (anticipation) than behind it.

@@ -28,7 +28,7 @@ BLINK_S = 0.16
 DOUBLE_BLINK = 0.12  # share of blinks that come as a quick pair
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # arrays make the default repr unreadable
 class HeadField:
     base_x: np.ndarray
     base_y: np.ndarray
@@ -83,11 +83,14 @@ class IdleMotion:
     def at(self, t: float) -> tuple[float, float, float, float]:
         """(roll rad, dx px, dy px, breath px) at media time t; incommensurate sines."""
         p = self._phase
-        s = math.sin
-        roll = math.radians(SWAY_DEG) * (0.6 * s(2 * math.pi * 0.11 * t + p[0]) + 0.4 * s(2 * math.pi * 0.29 * t + p[1]))
-        dx = DRIFT_PX[0] * (0.6 * s(2 * math.pi * 0.07 * t + p[2]) + 0.4 * s(2 * math.pi * 0.19 * t + p[3]))
-        dy = DRIFT_PX[1] * (0.7 * s(2 * math.pi * 0.13 * t + p[4]) + 0.3 * s(2 * math.pi * 0.31 * t + p[5]))
-        breath = BREATH_PX * s(2 * math.pi * BREATH_HZ * t + p[6])
+
+        def wave(hz: float, phase: float) -> float:
+            return math.sin(2.0 * math.pi * hz * t + phase)
+
+        roll = math.radians(SWAY_DEG) * (0.6 * wave(0.11, p[0]) + 0.4 * wave(0.29, p[1]))
+        dx = DRIFT_PX[0] * (0.6 * wave(0.07, p[2]) + 0.4 * wave(0.19, p[3]))
+        dy = DRIFT_PX[1] * (0.7 * wave(0.13, p[4]) + 0.3 * wave(0.31, p[5]))
+        breath = BREATH_PX * wave(BREATH_HZ, p[6])
         k = self._scale
         return roll, dx * k, dy * k, breath * k
 

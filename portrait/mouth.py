@@ -32,7 +32,7 @@ def _lip_profile(a: np.ndarray, half: float) -> np.ndarray:
     return np.clip(1.0 - (a / half) ** 2, 0.0, 1.0) ** 0.6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # arrays make the default repr unreadable
 class MouthRig:
     box: Box  # warp ROI
     base_x: np.ndarray

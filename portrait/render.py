@@ -36,6 +36,10 @@ class PortraitAvatar:
     eyes: tuple[EyeRig, EyeRig]
     head: HeadField
 
+    def __repr__(self) -> str:
+        w, h = self.size
+        return f"PortraitAvatar({w}x{h})"
+
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the frames."""
@@ -61,7 +65,8 @@ class PortraitAvatar:
         h, w = image.shape[:2]
         if lm.shape != (L.N_LANDMARKS, 2):
             raise ValueError(f"{lm_path} must hold [{L.N_LANDMARKS}, 2] points, got {list(lm.shape)}")
-        if not np.isfinite(lm).all() or (lm < -0.05 * w).any() or (lm[:, 0] > 1.05 * w).any() or (lm[:, 1] > 1.05 * h).any():
+        inside = (lm >= -0.05 * np.float32([w, h])) & (lm <= 1.05 * np.float32([w, h]))
+        if not (np.isfinite(lm).all() and inside.all()):
             raise ValueError(f"{lm_path} has points outside the {w}x{h} frame")
         image.flags.writeable = False
         lm.flags.writeable = False
