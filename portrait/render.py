@@ -100,7 +100,7 @@ class PortraitRenderer:
 
     def render(self, features: np.ndarray, t: float) -> np.ndarray:
         """One HxWx3 uint8 BGR frame (a new array) for mouth `features` [F] at media time t (s)."""
-        f = np.asarray(features, dtype=np.float32).reshape(-1)
+        f = np.nan_to_num(np.asarray(features, dtype=np.float32).reshape(-1))  # a NaN must not blank the face
         if f.shape[0] < FEATURE_DIM:
             raise ValueError(f"features must have {FEATURE_DIM} values, got {f.shape[0]}")
         opening = float(np.clip(f[0], 0.0, 1.0))
