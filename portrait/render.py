@@ -83,7 +83,10 @@ class PortraitAvatar:
 
 
 class PortraitRenderer:
-    """Per-session renderer: own blink schedule, head-sway phases and scratch buffers."""
+    """Per-session renderer: own blink schedule, head-sway phases and scratch buffers.
+
+    Use each renderer from one thread at a time; the avatar it renders may be shared freely.
+    """
 
     def __init__(self, avatar: PortraitAvatar, seed: int = 0) -> None:
         self.avatar = avatar
