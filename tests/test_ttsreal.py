@@ -16,6 +16,7 @@ import pytest
 from audio_util import CHUNK, SAMPLE_RATE, to_16k_mono
 from ttsreal import (
     BaseTTS,
+    first_clause_apart,
     EspeakEngine,
     PiperEngine,
     TTSEngine,
@@ -170,9 +171,12 @@ def test_piper_speaks_two_sentences_with_paired_events(piper: PiperEngine, run_t
     assert np.abs(audio).max() <= 1.0
 
     statuses = [(e["status"], e["text"]) for _, e in sink.events]
+    # The first clause is spoken on its own so the voice starts sooner.
     assert statuses == [
-        ("start", "Hello, I am your avatar."),
-        ("end", "Hello, I am your avatar."),
+        ("start", "Hello,"),
+        ("end", "Hello,"),
+        ("start", "I am your avatar."),
+        ("end", "I am your avatar."),
         ("start", "Nice to meet you!"),
         ("end", "Nice to meet you!"),
     ]
@@ -382,3 +386,24 @@ def test_load_tts_engine_espeak_uses_ref_file_as_voice() -> None:
 def test_load_tts_engine_piper_rejects_missing_voice_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         load_tts_engine(argparse.Namespace(tts="piper", REF_FILE=str(tmp_path / "missing.onnx")))
+
+
+def test_first_clause_is_spoken_apart_only_when_worth_it():
+    assert first_clause_apart(["Hello, how are you?", "Fine."]) == ["Hello,", "how are you?", "Fine."]
+    assert first_clause_apart(["你好，今天天气很好。"]) == ["你好，", "今天天气很好。"]
+    assert first_clause_apart(["Hi, you."]) == ["Hi, you."]  # too short to be worth a pause
+    assert first_clause_apart(["No comma here."]) == ["No comma here."]
+    assert first_clause_apart(["Wait, ..."]) == ["Wait, ..."]  # nothing speakable after it
+    assert first_clause_apart([]) == []
+
+
+def test_piper_sentences_start_with_the_voice_not_with_silence(piper, run_tts) -> None:
+    sink = Collector()
+    tts = run_tts(piper, sink)
+    tts.put_msg_txt("Good morning. Here we go!")
+    wait_idle(tts)
+    starts = [i for i, e in sink.events if e["status"] == "start"]
+    assert len(starts) == 2
+    for i in starts:
+        # Piper's own lead-in is ~50 ms at -90 dBFS; the first chunk sent must already be voice.
+        assert np.abs(sink.chunks[i]).max() > 0.003, np.abs(sink.chunks[i]).max()
