@@ -162,7 +162,10 @@ class BaseReal(ABC):
                     return False
                 self._reject_until_start = False
             epoch = self.asr.epoch
-        return self.asr.put_audio_frame(samples, event, epoch)
+        accepted = self.asr.put_audio_frame(samples, event, epoch)
+        if event is not None and event.get("status") == "start":
+            self.player.poke()  # speech may jump the idle frames queued for playback
+        return accepted
 
     def interrupt(self) -> None:
         """Silence the avatar now: empty every queue from text to the tracks."""
@@ -193,7 +196,7 @@ class BaseReal(ABC):
         index = 0
         stats = _RenderStats(self.sessionid)
         while not self._stop.is_set():
-            if not self.player.wait_for_room(self.batch_size, timeout=0.1):
+            if not self.player.wait_for_room(self.batch_size, timeout=0.1, urgent=self._speech_waiting):
                 continue
             with self._lock:
                 generation = self._generation
@@ -208,6 +211,9 @@ class BaseReal(ABC):
                 for k, image in enumerate(images):
                     self.player.push(Unit(image, (frames[2 * k], frames[2 * k + 1])))
             index += self.batch_size
+
+    def _speech_waiting(self) -> bool:
+        return self.asr.queued_frames() > 0
 
     def _render_batch(self, feats: np.ndarray | None, indices: range) -> list[np.ndarray]:
         if feats is not None:

@@ -42,6 +42,10 @@ class Unit:
     image: np.ndarray  # HxWx3 uint8 BGR
     audio: tuple[AudioFrame, AudioFrame]
 
+    @property
+    def speech(self) -> bool:
+        return self.audio[0].speech or self.audio[1].speech
+
 
 class HumanPlayer:
     """Bounded unit queue between a session's render thread and its two tracks.
@@ -71,14 +75,37 @@ class HumanPlayer:
         self.audio_packets_sent = 0
         self.slots_played = 0  # slots that had a rendered unit
         self.slots_missed = 0  # slots the renderer was late for (frame repeated, silence)
+        self.idle_units_dropped = 0  # idle frames skipped so speech could start sooner
 
     # --- render-thread side --------------------------------------------------------------
-    def wait_for_room(self, n_units: int, timeout: float) -> bool:
-        """Wait until `n_units` fit without passing capacity. False on timeout or close."""
+    def wait_for_room(self, n_units: int, timeout: float, urgent: Callable[[], bool] | None = None) -> bool:
+        """Wait until `n_units` fit without passing capacity. False on timeout or close.
+
+        Idle units are only a placeholder for silence: when `urgent()` says speech is waiting
+        and the queue ends in idle units, they are dropped (all but one, so playback never
+        runs dry) and the speech goes out next instead of waiting behind them.
+        """
         need = max(self.capacity - n_units, 0)
+
+        def preempt() -> bool:
+            return urgent is not None and len(self._units) > 1 and not self._units[-1].speech and urgent()
+
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or len(self._units) <= need, timeout)
-            return not self._closed and len(self._units) <= need
+            self._cond.wait_for(lambda: self._closed or len(self._units) <= need or preempt(), timeout)
+            if self._closed:
+                return False
+            if len(self._units) > need:
+                if not preempt():
+                    return False
+                while len(self._units) > 1 and not self._units[-1].speech:
+                    self._units.pop()
+                    self.idle_units_dropped += 1
+            return True
+
+    def poke(self) -> None:
+        """Wake a render thread waiting for room (new speech may let it preempt idle units)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def push(self, unit: Unit) -> None:
         with self._cond:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 
@@ -35,6 +36,9 @@ class LivePeer:
     mouth_box: tuple[int, int, int, int]  # x1, y1, x2, y2 in the avatar frame
     video: list[VideoSample] = field(default_factory=list)
     audio: list[AudioSample] = field(default_factory=list)
+    # None: aiortc's stock receiver, which holds 4 audio packets (80 ms) before playing but no
+    # video. 0: audio is taken on arrival like video, so offsets reflect what the server sent.
+    audio_prefetch: int | None = None
     sessionid: int | None = None
     last_image: np.ndarray | None = None
     _pc: RTCPeerConnection | None = None
@@ -43,7 +47,9 @@ class LivePeer:
     async def connect(self, http: aiohttp.ClientSession) -> dict:
         pc = self._pc = RTCPeerConnection()
         pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
+        audio = pc.addTransceiver("audio", direction="recvonly")
+        if self.audio_prefetch is not None:
+            audio.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=self.audio_prefetch)
 
         @pc.on("track")
         def on_track(track) -> None:

@@ -45,8 +45,15 @@ async function start() {
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addEventListener("track", (ev) => {
+    // The server sends both tracks in one stream: one element plays it, so the browser keeps
+    // sound and picture in sync (and the voice is not played twice).
+    const stream = ev.streams[0];
+    if (stream) {
+      if ($("video").srcObject !== stream) $("video").srcObject = stream;
+      return;
+    }
     const target = ev.track.kind === "video" ? $("video") : $("audio");
-    target.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+    target.srcObject = new MediaStream([ev.track]);
   });
   pc.addEventListener("connectionstatechange", () => {
     if (pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) stop();
