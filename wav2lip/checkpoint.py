@@ -1,0 +1,157 @@
+"""Loading the public wav2lip256.pth and preparing the network for fast inference.
+
+    model = load_model("models/wav2lip.pth")          # fused, eval, on the best device
+    with torch.inference_mode():
+        out = model(mel, face)                         # see wav2lip.infer.predict for numpy in/out
+
+The upstream file is a `torch.save` dict whose "state_dict" maps names (often prefixed
+"module." by DataParallel) to tensors; a bare state dict is accepted too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wav2lip.model import Wav2Lip256
+
+log = logging.getLogger(__name__)
+
+MODULE_PREFIX = "module."
+MAX_LISTED = 10  # names listed per kind in a mismatch message; a wrong file would list hundreds
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint's names or shapes do not fit Wav2Lip256."""
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
+    """Wav2Lip256 with the weights of `path`, BatchNorm folded, in eval mode, ready on `device`.
+
+    device None means the best one (cuda if available, else cpu). Raises FileNotFoundError for
+    a missing file, CheckpointMismatch when names or shapes do not fit, ValueError when the
+    file cannot be read as a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"wav2lip checkpoint not found: {path}; copy wav2lip256.pth to models/wav2lip.pth")
+    state = read_state_dict(path)
+    model = Wav2Lip256()
+    check_fit(model, state, source=str(path))
+    # strict=False only because old files lack num_batches_tracked; check_fit vetted the rest.
+    model.load_state_dict(state, strict=False)
+    return prepare(model, device)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict with any "module." prefixes stripped."""
+    try:
+        # weights_only: a checkpoint is data; refuse pickled code from an untrusted file.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a foreign file; all mean "not a checkpoint"
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatch(f"{path} is not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
+    return {_strip_prefix(k): v for k, v in obj.items()}
+
+
+def _strip_prefix(name: str) -> str:
+    return name[len(MODULE_PREFIX) :] if name.startswith(MODULE_PREFIX) else name
+
+
+def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise CheckpointMismatch listing missing and unexpected names and the first shape mismatch."""
+    expected = model.state_dict()
+    # BatchNorm fills in a missing counter itself (files from before PyTorch 0.4.1 lack it).
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = (k for k, v in expected.items() if k in state and state[k].shape != v.shape)
+    first_bad = next(((k, tuple(expected[k].shape), tuple(state[k].shape)) for k in mismatched), None)
+    if not (missing or unexpected or first_bad):
+        return
+    parts = [f"{source} does not fit Wav2Lip256 (is it wav2lip256.pth?)"]
+    if missing:
+        parts.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if first_bad:
+        name, want, got = first_bad
+        parts.append(f"first shape mismatch: {name} expected {list(want)} got {list(got)}")
+    raise CheckpointMismatch("; ".join(parts))
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown if len(names) <= MAX_LISTED else f"{shown} and {len(names) - MAX_LISTED} more"
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, prefix_module: bool = False) -> None:
+    """Write `model`'s weights in the upstream format {"state_dict": ...} (optionally "module."-prefixed)."""
+    prefix = MODULE_PREFIX if prefix_module else ""
+    state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state}, Path(path))
+
+
+@torch.no_grad()
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d into the conv just before it (in place); returns `model`.
+
+    Inference only: the folded model computes conv(x) * scale + shift in one pass instead of
+    two, which saves a full read and write of every activation map.
+    """
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d):
+                _fold(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    if conv.groups != 1:
+        raise NotImplementedError("grouped convolutions are not folded")
+    # Computed in float64 so that folding adds no rounding of its own.
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    # Output channels are dim 0 of a Conv2d weight [out, in, k, k] but dim 1 of a
+    # ConvTranspose2d weight [in, out, k, k].
+    view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+    weight = conv.weight.double() * scale.view(view)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    conv.weight.copy_(weight.to(conv.weight.dtype))
+    new_bias = (bias * scale + shift).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=False)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def prepare(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
+    """Fold BatchNorm, switch to eval, and lay the weights out for `device` (fp16 on CUDA).
+
+    CPU: channels_last lets oneDNN run the convolutions on NHWC data directly instead of
+    reordering every activation; inputs should be made channels_last too (wav2lip.infer does).
+    """
+    device = torch.device(device) if device is not None else best_device()
+    model = fuse_batchnorm(model.eval())
+    model.requires_grad_(False)
+    model.to(device)
+    if device.type == "cuda":
+        model.half()
+    else:
+        model.to(memory_format=torch.channels_last)
+    log.info("wav2lip ready on %s (%s)", device, "fp16" if device.type == "cuda" else "fp32, channels_last")
+    return model
