@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from baseasr import AudioFrame, BaseASR
+from baseasr import CHUNK, AudioFrame, BaseASR
 from ttsreal import BaseTTS, TTSEngine
-from webrtc import HumanPlayer, Unit
+from webrtc import SLOT_SECONDS, HumanPlayer, Unit
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +124,33 @@ class BaseReal(ABC):
         self._generation = 0  # bumped by interrupt; batches rendered before it are dropped
         self._reject_until_start = False
         self._stop = threading.Event()
-        self._render_thread = threading.Thread(target=self._render_loop, name=f"render-{sessionid}", daemon=True)
+        self._jobs: queue.Queue[_Job] = queue.Queue()  # bounded by the player's capacity
+        self._frame_seconds = {False: 0.0, True: 0.0}  # running cost of an idle / inferred frame
+        self._batch_seconds = 0.0  # what rendering one batch takes at the current stride
+        self._threads = [
+            threading.Thread(target=self._feed_loop, name=f"feed-{sessionid}", daemon=True),
+            threading.Thread(target=self._infer_loop, name=f"infer-{sessionid}", daemon=True),
+        ]
         self._started = False
 
     def start(self) -> None:
         self._started = True
         self.tts.start()
-        self._render_thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop and join every thread of the session; idempotent. Blocking: call off-loop."""
         self._stop.set()
         self.asr.close()  # releases a TTS worker blocked on a full audio queue
-        self.player.close()  # releases the render thread waiting for room
+        self.player.close()  # releases the feeder waiting for room
         self.tts.stop(timeout)
         if self._started:
-            self._render_thread.join(timeout)
-            if self._render_thread.is_alive():
-                log.error("session %s: render thread did not stop within %.1fs", self.sessionid, timeout)
+            deadline = time.monotonic() + timeout
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.error("session %s: %s did not stop within %.1fs", self.sessionid, thread.name, timeout)
         log.info("session %s closed", self.sessionid)
 
     def threads(self) -> list[threading.Thread]:
@@ -191,31 +203,108 @@ class BaseReal(ABC):
             if self._on_event is not None:
                 self._on_event(frame.event)
 
-    # --- render thread ---------------------------------------------------------------------
-    def _render_loop(self) -> None:
+    # --- feeder thread: audio and features at the pace of playback ------------------------
+    def _feed_loop(self) -> None:
         index = 0
-        stats = _RenderStats(self.sessionid)
         while not self._stop.is_set():
             if not self.player.wait_for_room(self.batch_size, timeout=0.1, urgent=self._speech_waiting):
                 continue
-            with self._lock:
-                generation = self._generation
             frames, feats = self.asr.get_batch(self.batch_size)
-            indices = range(index, index + self.batch_size)
-            started = time.perf_counter()
-            images = self._render_batch(feats, indices)
-            stats.batch_done(len(images), feats is not None, time.perf_counter() - started, self.player)
+            units = [Unit(None, (frames[2 * k], frames[2 * k + 1])) for k in range(self.batch_size)]
             with self._lock:
-                if generation != self._generation:
-                    continue  # interrupted while rendering: this speech must not play
-                for k, image in enumerate(images):
-                    self.player.push(Unit(image, (frames[2 * k], frames[2 * k + 1])))
+                job = _Job(self._generation, units, feats, range(index, index + self.batch_size))
+                for unit in units:
+                    self.player.push(unit)
+            self._jobs.put(job)
             index += self.batch_size
 
     def _speech_waiting(self) -> bool:
         return self.asr.queued_frames() > 0
 
-    def _render_batch(self, feats: np.ndarray | None, indices: range) -> list[np.ndarray]:
+    # --- inference thread: pictures for the queued units ---------------------------------
+    def _infer_loop(self) -> None:
+        self._calibrate()
+        stats = _RenderStats(self.sessionid)
+        backlog: list[_Job] = []
+        while not self._stop.is_set():
+            if not backlog:
+                try:
+                    backlog.append(self._jobs.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+            while True:  # take everything queued, so a late batch can be skipped for a newer one
+                try:
+                    backlog.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            job, skipped, backlog = self._pick_job(backlog)
+            stats.frames_skipped += skipped
+            if job is None:
+                continue
+            inferred = job.feats is not None
+            stride = self._stride(inferred)
+            live = [k for k, unit in enumerate(job.units) if not unit.gone and job.indices[k] % stride == 0]
+            if not live:
+                continue
+            feats = job.feats[live] if inferred else None
+            started = time.perf_counter()
+            images = self._render_batch(feats, [job.indices[k] for k in live])
+            elapsed = time.perf_counter() - started
+            for k, image in zip(live, images, strict=True):
+                job.units[k].image = image
+            stats.batch_done(len(live), inferred, elapsed, self.player)
+            self._adapt(inferred, elapsed / len(live))
+
+    def _pick_job(self, backlog: list[_Job]) -> tuple[_Job | None, int, list[_Job]]:
+        """The oldest job that can still be rendered before it plays (else the newest), the
+        number of frames skipped as too late, and the jobs left for later."""
+        with self._lock:
+            generation = self._generation
+        need = math.ceil(self._batch_seconds / SLOT_SECONDS)
+        skipped = 0
+        for i, job in enumerate(backlog):
+            if job.generation != generation:
+                continue  # interrupted: its units were dropped
+            ahead = self.player.slots_until(job.units[-1])
+            if ahead is not None and (ahead >= need or i == len(backlog) - 1):
+                return job, skipped, backlog[i + 1 :]
+            skipped += sum(not unit.gone for unit in job.units)
+        return None, skipped, []
+
+    def _calibrate(self) -> None:
+        """Time one idle and one inferred frame before the first speech, so the first batches
+        are already planned with the model's real speed."""
+        window = np.zeros((self.asr.left + 2 + self.asr.right, CHUNK), dtype=np.float32)
+        feats = self.asr.features(window, self.asr.left, self.asr.right, 1)
+        for inferred in (False, True):
+            started = time.perf_counter()
+            self._render_batch(feats if inferred else None, [0])
+            self._frame_seconds[inferred] = time.perf_counter() - started
+        self._adapt(True, self._frame_seconds[True])
+        log.info(
+            "session %s: a frame takes %.1f ms idle, %.1f ms inferred",
+            self.sessionid, 1000 * self._frame_seconds[False], 1000 * self._frame_seconds[True],
+        )
+
+    def _stride(self, inferred: bool) -> int:
+        """Render every n-th frame when a frame costs more than its 40 ms: the others repeat
+        the frame before, so each picture stays close to the sound playing with it."""
+        return max(1, math.ceil(1.25 * self._frame_seconds[inferred] / SLOT_SECONDS))
+
+    def _adapt(self, inferred: bool, frame_seconds: float) -> None:
+        """Track the cost of a frame, and queue enough units ahead of playback that a batch is
+        rendered before it plays: a slow model costs latency and frame rate, never sound."""
+        # Rise fast, fall slowly: underestimating the cost makes frames late.
+        weight = 0.5 if frame_seconds > self._frame_seconds[inferred] else 0.1
+        self._frame_seconds[inferred] += weight * (frame_seconds - self._frame_seconds[inferred])
+        self._batch_seconds = max(
+            math.ceil(self.batch_size / self._stride(kind)) * self._frame_seconds[kind] for kind in (False, True)
+        )
+        lead = max(PLAYER_SLACK_UNITS, math.ceil(1.5 * self._batch_seconds / SLOT_SECONDS))
+        self.player.capacity = self.batch_size + lead
+        self.player.preempt_keep = math.ceil(1.25 * self._batch_seconds / SLOT_SECONDS)
+
+    def _render_batch(self, feats: np.ndarray | None, indices: Sequence[int]) -> list[np.ndarray]:
         if feats is not None:
             try:
                 preds = self.infer(feats, indices)
@@ -226,12 +315,23 @@ class BaseReal(ABC):
         return [self.idle_frame(i) for i in indices]
 
 
+@dataclass
+class _Job:
+    """A batch handed from the feeder to the inference thread."""
+
+    generation: int
+    units: list[Unit]
+    feats: np.ndarray | None
+    indices: range
+
+
 class _RenderStats:
     """Periodic log of inference and output frame rates, as upstream prints them."""
 
     def __init__(self, sessionid: int) -> None:
         self.sessionid = sessionid
         self.since = time.monotonic()
+        self.frames_skipped = 0
         self.frames = 0
         self.infer_frames = 0
         self.infer_seconds = 0.0

@@ -31,5 +31,6 @@ fi
 req=requirements.txt
 [ "$dev" = 1 ] && req=requirements-dev.txt
 echo "setup: installing Python packages from $req"
-.venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+# pip warns about every local index folder this machine's pip.conf names but lacks; keep real errors.
+.venv/bin/python -m pip install -q --disable-pip-version-check -r "$req" 2> >(grep -v "is ignored: it is neither" >&2)
 echo "setup: done"

@@ -1,12 +1,15 @@
 """WebRTC output: one audio and one video track per session, paced by one clock.
 
-The render thread pushes *units*: one video frame and the two 20 ms audio frames it was made
-from. Time is cut into 40 ms slots counted from the moment the first track starts; slot k
-plays unit k. Whichever track reaches a slot first takes the next unit from the queue, and
-the other track finds it in a short history, so picture and sound of a unit always leave
-together, even when one track runs a little behind. When no unit is ready (the renderer is
-late) the video repeats its last frame and the audio plays silence for that slot; nothing
-drifts, because slots follow the clock, not the queue.
+A session's feeder pushes *units*: two 20 ms audio frames and the video frame made from them,
+which its inference thread fills in a little later. Time is cut into 40 ms slots counted from
+the moment the first track starts; slot k plays unit k. Whichever track reaches a slot first
+takes the next unit from the queue, and the other track finds it in a short history, so the
+picture and sound of a unit leave together even when one track runs a little behind.
+
+Audio never waits for pictures: when a unit's frame is not rendered by its slot (a model
+slower than real time), the video repeats the newest frame it has and the sound plays on.
+Only when the feeder itself is late does a slot have no unit, and then it plays silence.
+Nothing drifts, because slots follow the clock, not the queues.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ VIDEO_CLOCK = 90000
 _SILENT_PCM = np.zeros((1, CHUNK), dtype=np.int16)
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
-    """One video frame and its two audio frames."""
+    """Two audio frames and the video frame made from them (None until rendered)."""
 
-    image: np.ndarray  # HxWx3 uint8 BGR
+    image: np.ndarray | None  # HxWx3 uint8 BGR
     audio: tuple[AudioFrame, AudioFrame]
+    gone: bool = False  # played or dropped: rendering it now would be wasted
 
     @property
     def speech(self) -> bool:
@@ -56,11 +60,12 @@ class HumanPlayer:
 
     def __init__(
         self,
-        capacity: int,
+        capacity: int,  # units queued ahead of playback; the session may raise it later
         on_audio_sent: Callable[[AudioFrame], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
+        self.preempt_keep = 1  # units left in place when speech preempts idle ones
         self._units: deque[Unit] = deque()
         self._cond = threading.Condition()
         self._clock = clock
@@ -73,22 +78,26 @@ class HumanPlayer:
         self.video = PlayerStreamTrack(self, "video")
         self.frames_sent = 0
         self.audio_packets_sent = 0
-        self.slots_played = 0  # slots that had a rendered unit
-        self.slots_missed = 0  # slots the renderer was late for (frame repeated, silence)
-        self.idle_units_dropped = 0  # idle frames skipped so speech could start sooner
+        self.slots_played = 0  # slots that had a unit (their audio played)
+        self.slots_missed = 0  # slots the feeder was late for (silence, frame repeated)
+        self.frames_fresh = 0  # video slots showing their own rendered frame
+        self.frames_repeated = 0  # video slots repeating an older frame (inference late)
+        self.idle_units_dropped = 0  # idle units skipped so speech could start sooner
 
     # --- render-thread side --------------------------------------------------------------
     def wait_for_room(self, n_units: int, timeout: float, urgent: Callable[[], bool] | None = None) -> bool:
         """Wait until `n_units` fit without passing capacity. False on timeout or close.
 
         Idle units are only a placeholder for silence: when `urgent()` says speech is waiting
-        and the queue ends in idle units, they are dropped (all but one, so playback never
-        runs dry) and the speech goes out next instead of waiting behind them.
+        and the queue ends in idle units, they are dropped (all but `preempt_keep`, the time
+        the speech's pictures need to be rendered) and the speech goes out next instead of
+        waiting behind them.
         """
         need = max(self.capacity - n_units, 0)
+        keep = max(1, self.preempt_keep)
 
         def preempt() -> bool:
-            return urgent is not None and len(self._units) > 1 and not self._units[-1].speech and urgent()
+            return urgent is not None and len(self._units) > keep and not self._units[-1].speech and urgent()
 
         with self._cond:
             self._cond.wait_for(lambda: self._closed or len(self._units) <= need or preempt(), timeout)
@@ -97,8 +106,8 @@ class HumanPlayer:
             if len(self._units) > need:
                 if not preempt():
                     return False
-                while len(self._units) > 1 and not self._units[-1].speech:
-                    self._units.pop()
+                while len(self._units) > keep and not self._units[-1].speech:
+                    self._units.pop().gone = True
                     self.idle_units_dropped += 1
             return True
 
@@ -115,12 +124,24 @@ class HumanPlayer:
     def clear(self) -> None:
         """Drop every unit not yet played (interrupt)."""
         with self._cond:
+            for unit in self._units:
+                unit.gone = True
             self._units.clear()
             self._cond.notify_all()
 
     def queued(self) -> int:
         with self._cond:
             return len(self._units)
+
+    def slots_until(self, unit: Unit) -> int | None:
+        """How many slots before `unit` plays; None once it is gone."""
+        with self._cond:
+            if unit.gone:
+                return None
+            for position, queued in enumerate(self._units):
+                if queued is unit:
+                    return position
+        return None
 
     def close(self) -> None:
         with self._cond:
@@ -150,6 +171,7 @@ class HumanPlayer:
                 if unit is None:
                     self.slots_missed += 1
                 else:
+                    unit.gone = True
                     self.slots_played += 1
                 self._recent.append((self._next_slot, unit))
                 self._next_slot += 1
@@ -193,8 +215,11 @@ class PlayerStreamTrack(MediaStreamTrack):
         slot = self._count
         await self._wait(slot)
         unit = self._player.unit_for_slot(slot)
-        if unit is not None:
+        if unit is not None and unit.image is not None:
             self._last_image = unit.image
+            self._player.frames_fresh += 1
+        else:
+            self._player.frames_repeated += 1
         image = self._last_image
         if image is None:  # nothing rendered yet: a black frame keeps the stream alive
             image = np.zeros((64, 64, 3), dtype=np.uint8)

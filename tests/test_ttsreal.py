@@ -16,10 +16,10 @@ import pytest
 from audio_util import CHUNK, SAMPLE_RATE, to_16k_mono
 from ttsreal import (
     BaseTTS,
-    first_clause_apart,
     EspeakEngine,
     PiperEngine,
     TTSEngine,
+    first_clause_apart,
     load_tts_engine,
     split_sentences,
 )

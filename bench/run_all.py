@@ -1,0 +1,105 @@
+"""Run every benchmark once and write docs/PERFORMANCE.md from their JSON.
+
+    .venv/bin/python bench/run_all.py [--skip e2e] [--only render_fps]
+
+Each benchmark is its own script printing one JSON object; this runner keeps their raw output
+in docs/PERFORMANCE.md next to a table of the figures that have targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = {
+    "render_fps": ["bench/render_fps.py", "--frames", "500"],
+    "e2e": ["bench/e2e.py", "--repeats", "5", "--max_sessions", "6"],
+    "wav2lip_speed": ["bench/wav2lip_speed.py"],
+}
+# (bench, key, label, target, better)
+TARGETS = [
+    ("render_fps", "fps_median", "portrait render fps, one core, 512x512", 100, "higher"),
+    ("e2e", "first_audio_ms", "POST /human to first speech audio at the client (ms)", 400, "lower"),
+    ("e2e", "first_mouth_ms", "POST /human to first mouth-moving frame at the client (ms)", None, "lower"),
+    ("e2e", "av_offset_ms", "mouth vs audio offset at the client (ms, negative: mouth first)", 40, "abs"),
+    ("e2e", "interrupt_to_silence_ms", "interrupt to silence at the client (ms)", 200, "lower"),
+    ("e2e", "cpu_idle_session", "server CPU per idle session (cores)", None, "lower"),
+    ("e2e", "cpu_speaking_session", "server CPU per speaking session (cores)", None, "lower"),
+    ("e2e", "speaking_sessions_at_24fps", "speaking sessions holding 24+ fps", 4, "higher"),
+]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.system()} {platform.machine()}, no GPU"
+
+
+def run(name: str) -> dict | None:
+    script = ROOT / BENCHES[name][0]
+    if not script.is_file():
+        return None
+    print(f"running {name} ...", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        [sys.executable, *BENCHES[name]], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out[out.index("{") :])
+
+
+def verdict(value: float, target: float | None, better: str) -> str:
+    if target is None:
+        return ""
+    ok = {"higher": value >= target, "lower": value <= target, "abs": abs(value) <= target}[better]
+    return "met" if ok else "NOT met"
+
+
+def render(results: dict[str, dict]) -> str:
+    lines = [
+        "# Performance",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} by `bench/run_all.py`; each",
+        "figure is a median from one run. The benchmark client runs on the same machine as the",
+        "server and decodes the video it receives, so it takes CPU the server would otherwise have.",
+        "",
+        "| figure | value | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    for bench, key, label, target, better in TARGETS:
+        if bench in results and key in results[bench]:
+            value = results[bench][key]
+            shown = "" if target is None else (f"<= {target}" if better == "lower" else
+                                              f">= {target}" if better == "higher" else f"within +-{target}")
+            lines.append(f"| {label} | {value} | {shown} | {verdict(value, target, better)} |")
+    lines += ["", "## Raw results", ""]
+    for name, result in results.items():
+        lines += [f"### {name}", "", "```json", json.dumps(result, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(BENCHES), default=list(BENCHES))
+    args = parser.parse_args()
+    results = {}
+    for name in args.only:
+        result = run(name)
+        if result is not None:
+            results[name] = result
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "PERFORMANCE.md").write_text(render(results))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
