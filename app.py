@@ -31,6 +31,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 # --model name -> "module:SessionClass"; a model is imported only when chosen.
 MODELS = {
     "portrait": "portraitreal:PortraitReal",
+    "wav2lip": "lipreal:LipReal",
 }
 CONNECT_TIMEOUT_S = 30.0  # an offer whose peer never connects is dropped after this
 DISCONNECT_GRACE_S = 5.0  # a peer that stays "disconnected" this long has vanished
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="LiveTalking: real-time streaming digital human")
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
     p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
+    p.add_argument("--avatar_root", default=None, help="where avatar folders live (default data/avatars)")
+    p.add_argument("--model_path", default=None, help="checkpoint file (default models/wav2lip.pth for wav2lip)")
     p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
     )
@@ -72,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def session_class(model: str) -> type[BaseReal]:
     module_name, class_name = MODELS[model].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(f"--model {model} needs the Python package '{exc.name}'; run ./setup.sh") from None
+    return getattr(module, class_name)
 
 
 class LiveTalking:

@@ -43,12 +43,13 @@ STATS_INTERVAL_S = 5.0
 EventCallback = Callable[[dict], None]
 
 
-def avatar_dir(avatar_id: str) -> Path:
+def avatar_dir(avatar_id: str, root: str | Path | None = None) -> Path:
     """The folder of an avatar id, with a clear error when it does not exist."""
-    path = AVATAR_ROOT / avatar_id
+    root = Path(root) if root else AVATAR_ROOT
+    path = root / avatar_id
     if not path.is_dir():
-        known = sorted(p.name for p in AVATAR_ROOT.iterdir() if p.is_dir()) if AVATAR_ROOT.is_dir() else []
-        raise FileNotFoundError(f"avatar '{avatar_id}' not found in {AVATAR_ROOT} (have: {', '.join(known) or 'none'})")
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(f"avatar '{avatar_id}' not found in {root} (have: {', '.join(known) or 'none'})")
     return path
 
 
@@ -135,6 +136,8 @@ class BaseReal(ABC):
 
     def start(self) -> None:
         self._started = True
+        # The avatar at rest is on screen from the first packet, before any batch is rendered.
+        self.player.poster = self.idle_frame(0)
         self.tts.start()
         for thread in self._threads:
             thread.start()
@@ -277,9 +280,10 @@ class BaseReal(ABC):
         window = np.zeros((self.asr.left + 2 + self.asr.right, CHUNK), dtype=np.float32)
         feats = self.asr.features(window, self.asr.left, self.asr.right, 1)
         for inferred in (False, True):
-            started = time.perf_counter()
-            self._render_batch(feats if inferred else None, [0])
-            self._frame_seconds[inferred] = time.perf_counter() - started
+            for _ in range(2):  # the first call on a new thread pays one-time set-up costs
+                started = time.perf_counter()
+                self._render_batch(feats if inferred else None, [0])
+                self._frame_seconds[inferred] = time.perf_counter() - started
         self._adapt(True, self._frame_seconds[True])
         log.info(
             "session %s: a frame takes %.1f ms idle, %.1f ms inferred",
@@ -289,13 +293,14 @@ class BaseReal(ABC):
     def _stride(self, inferred: bool) -> int:
         """Render every n-th frame when a frame costs more than its 40 ms: the others repeat
         the frame before, so each picture stays close to the sound playing with it."""
-        return max(1, math.ceil(1.25 * self._frame_seconds[inferred] / SLOT_SECONDS))
+        stride = math.ceil(1.25 * self._frame_seconds[inferred] / SLOT_SECONDS)
+        return min(max(1, stride), self.batch_size)  # every batch still renders a frame
 
     def _adapt(self, inferred: bool, frame_seconds: float) -> None:
         """Track the cost of a frame, and queue enough units ahead of playback that a batch is
         rendered before it plays: a slow model costs latency and frame rate, never sound."""
         # Rise fast, fall slowly: underestimating the cost makes frames late.
-        weight = 0.5 if frame_seconds > self._frame_seconds[inferred] else 0.1
+        weight = 0.5 if frame_seconds > self._frame_seconds[inferred] else 0.2
         self._frame_seconds[inferred] += weight * (frame_seconds - self._frame_seconds[inferred])
         self._batch_seconds = max(
             math.ceil(self.batch_size / self._stride(kind)) * self._frame_seconds[kind] for kind in (False, True)

@@ -35,7 +35,7 @@ class PortraitReal(BaseReal):
 
     @classmethod
     def load_avatar(cls, opt: argparse.Namespace) -> PortraitAvatar:
-        return PortraitAvatar.load(avatar_dir(opt.avatar_id))
+        return PortraitAvatar.load(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None)))
 
     @classmethod
     def warm_up(cls, opt: argparse.Namespace, model: None, avatar: PortraitAvatar) -> None:

@@ -66,6 +66,7 @@ class HumanPlayer:
     ) -> None:
         self.capacity = capacity
         self.preempt_keep = 1  # units left in place when speech preempts idle ones
+        self.poster: np.ndarray | None = None  # shown until the first frame is rendered
         self._units: deque[Unit] = deque()
         self._cond = threading.Condition()
         self._clock = clock
@@ -220,8 +221,8 @@ class PlayerStreamTrack(MediaStreamTrack):
             self._player.frames_fresh += 1
         else:
             self._player.frames_repeated += 1
-        image = self._last_image
-        if image is None:  # nothing rendered yet: a black frame keeps the stream alive
+        image = self._last_image if self._last_image is not None else self._player.poster
+        if image is None:  # no poster either: a black frame keeps the stream alive
             image = np.zeros((64, 64, 3), dtype=np.uint8)
         frame = av.VideoFrame.from_ndarray(image, format="bgr24")
         frame.pts = slot * (VIDEO_CLOCK // FPS)

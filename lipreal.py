@@ -1,0 +1,175 @@
+"""Wav2Lip 256 as a LiveTalking model: users' own `models/wav2lip.pth` and avatar folders.
+
+    python app.py --model wav2lip --avatar_id wav2lip256_avatar1
+
+The avatar folder is upstream's: `full_imgs/`, `face_imgs/` (256x256 crops) and `coords.pkl`
+(one `(y1, y2, x1, x2)` face box per frame), played forward then backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from baseasr import BaseASR
+from basereal import MODEL_ROOT, BaseReal, avatar_dir, mirror_index
+from wav2lip.audio import mel_chunks, melspectrogram
+from wav2lip.checkpoint import load_model
+from wav2lip.infer import predict
+from wav2lip.model import IMG_SIZE
+from webrtc import FPS
+
+log = logging.getLogger(__name__)
+
+MEL_COLUMNS_PER_CHUNK = 80 / 50  # 80 mel columns per second, 50 audio chunks per second
+# The model redraws the lower half of the crop; its upper half is blended out so the eyes stay
+# the photo's own, and every edge fades over this share of the box so no seam shows.
+FEATHER = 0.08
+MOUTH_TOP = 0.45
+
+
+class LipASR(BaseASR):
+    """Mel windows of 16 columns (200 ms) per video frame, starting at the frame's own audio."""
+
+    def features(self, chunks: np.ndarray, left: int, right: int, n_frames: int) -> np.ndarray:
+        mel = melspectrogram(chunks.reshape(-1))
+        return mel_chunks(mel, n_frames, FPS, start=left * MEL_COLUMNS_PER_CHUNK)
+
+
+@dataclass(frozen=True)
+class LipAvatar:
+    """A wav2lip avatar folder in memory; read-only, shared by every session."""
+
+    frames: list[np.ndarray]  # full frames, BGR uint8
+    faces: np.ndarray  # [N, 256, 256, 3] BGR uint8
+    coords: list[tuple[int, int, int, int]]  # (y1, y2, x1, x2) per frame
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _numbered_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"avatar folder missing: {folder}")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.stem.isdigit()]
+    if not files:
+        raise ValueError(f"no numbered images (00000000.png ...) in {folder}")
+    return sorted(files, key=lambda p: int(p.stem))
+
+
+def _read_images(paths: list[Path], what: str) -> list[np.ndarray]:
+    def read(path: Path) -> np.ndarray:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read image {path}")
+        image.setflags(write=False)
+        return image
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(tqdm(pool.map(read, paths), total=len(paths), desc=f"loading {what}", unit="img", leave=False))
+
+
+def load_lip_avatar(folder: Path) -> LipAvatar:
+    """Read an upstream wav2lip avatar folder, with errors that name what is wrong."""
+    started = time.perf_counter()
+    coords_path = folder / "coords.pkl"
+    if not coords_path.is_file():
+        raise FileNotFoundError(f"avatar file missing: {coords_path}")
+    with coords_path.open("rb") as f:
+        coords = [tuple(int(v) for v in box) for box in pickle.load(f)]
+    frames = _read_images(_numbered_images(folder / "full_imgs"), "full_imgs")
+    faces = _read_images(_numbered_images(folder / "face_imgs"), "face_imgs")
+    if not len(frames) == len(faces) == len(coords):
+        raise ValueError(
+            f"avatar {folder} is inconsistent: {len(frames)} full_imgs, {len(faces)} face_imgs, {len(coords)} coords"
+        )
+    for i, (frame, box) in enumerate(zip(frames, coords, strict=True)):
+        y1, y2, x1, x2 = box
+        if not (0 <= y1 < y2 <= frame.shape[0] and 0 <= x1 < x2 <= frame.shape[1]):
+            size = f"{frame.shape[1]}x{frame.shape[0]}"
+            raise ValueError(f"avatar {folder}: face box {box} of frame {i} lies outside the {size} frame")
+    square = (IMG_SIZE, IMG_SIZE)
+    faces_arr = np.stack([f if f.shape[:2] == square else cv2.resize(f, square) for f in faces])
+    faces_arr.setflags(write=False)
+    log.info("avatar %s: %d frames loaded in %.1fs", folder.name, len(frames), time.perf_counter() - started)
+    return LipAvatar(frames, faces_arr, coords)
+
+
+@lru_cache(maxsize=64)
+def paste_mask(height: int, width: int) -> np.ndarray:
+    """Blend weights [h, w, 1] for a predicted face pasted into an h x w box."""
+    def ramp(n: int, start: float, fade: float) -> np.ndarray:
+        x = (np.arange(n) + 0.5) / n
+        return np.clip((x - start) / fade, 0.0, 1.0)
+
+    fade = FEATHER
+    rows = np.minimum(ramp(height, MOUTH_TOP, fade), ramp(height, 0.0, fade)[::-1])
+    cols = np.minimum(ramp(width, 0.0, fade), ramp(width, 0.0, fade)[::-1])
+    mask = (rows[:, None] * cols[None, :]).astype(np.float32)[..., None]
+    mask.setflags(write=False)
+    return mask
+
+
+def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of `frame` with `face` resized into `box`, blended with soft edges."""
+    y1, y2, x1, x2 = box
+    out = frame.copy()
+    h, w = y2 - y1, x2 - x1
+    resized = cv2.resize(face, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    mask = paste_mask(h, w)
+    region = out[y1:y2, x1:x2].astype(np.float32)
+    out[y1:y2, x1:x2] = (region + mask * (resized - region) + 0.5).astype(np.uint8)
+    return out
+
+
+class LipReal(BaseReal):
+    model_name = "wav2lip"
+    default_avatar_id = "wav2lip256_avatar1"
+    default_batch_size = 16  # upstream's default: GPUs like big batches
+    default_model_file = "wav2lip.pth"
+
+    @classmethod
+    def load_model(cls, opt: argparse.Namespace) -> nn.Module:
+        path = Path(opt.model_path) if getattr(opt, "model_path", None) else MODEL_ROOT / cls.default_model_file
+        started = time.perf_counter()
+        model = load_model(path)
+        device = next(model.parameters()).device
+        log.info("wav2lip weights %s loaded on %s in %.1fs", path, device, time.perf_counter() - started)
+        return model
+
+    @classmethod
+    def load_avatar(cls, opt: argparse.Namespace) -> LipAvatar:
+        return load_lip_avatar(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None)))
+
+    @classmethod
+    def warm_up(cls, opt: argparse.Namespace, model: nn.Module, avatar: LipAvatar) -> None:
+        started = time.perf_counter()
+        predict(model, np.zeros((1, 1, 80, 16), np.float32), avatar.faces[:1].copy())
+        log.info("wav2lip warm-up in %.2fs", time.perf_counter() - started)
+
+    def make_asr(self) -> BaseASR:
+        return LipASR(left=self.opt.l, right=self.opt.r)
+
+    def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[np.ndarray]:
+        n = len(self.avatar)
+        faces = self.avatar.faces[[mirror_index(i, n) for i in indices]]
+        return list(predict(self.model, feats, faces))
+
+    def paste_back(self, pred: np.ndarray, index: int) -> np.ndarray:
+        k = mirror_index(index, len(self.avatar))
+        return paste_face(self.avatar.frames[k], pred, self.avatar.coords[k])
+
+    def idle_frame(self, index: int) -> np.ndarray:
+        return self.avatar.frames[mirror_index(index, len(self.avatar))]
