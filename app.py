@@ -250,6 +250,8 @@ class LiveTalking:
                 "speaking": s.is_speaking,
                 "slots_played": s.player.slots_played,
                 "slots_missed": s.player.slots_missed,
+                "frames_fresh": s.player.frames_fresh,
+                "frames_repeated": s.player.frames_repeated,
                 "frames_sent": s.player.frames_sent,
                 "audio_packets_sent": s.player.audio_packets_sent,
             }

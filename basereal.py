@@ -331,30 +331,35 @@ class _Job:
 
 
 class _RenderStats:
-    """Periodic log of inference and output frame rates, as upstream prints them."""
+    """Periodic log of the frame rates, as upstream prints them: how fast the model infers,
+    how many frames per second reach the viewer freshly rendered, and the rate sent."""
 
     def __init__(self, sessionid: int) -> None:
         self.sessionid = sessionid
         self.since = time.monotonic()
         self.frames_skipped = 0
-        self.frames = 0
         self.infer_frames = 0
         self.infer_seconds = 0.0
-        self.sent_at_start = 0
+        self._start_counts = (0, 0, 0)
 
     def batch_done(self, n: int, inferred: bool, seconds: float, player: HumanPlayer) -> None:
-        self.frames += n
         if inferred:
             self.infer_frames += n
             self.infer_seconds += seconds
         now = time.monotonic()
-        if now - self.since >= STATS_INTERVAL_S:
-            elapsed = now - self.since
-            infer_fps = self.infer_frames / self.infer_seconds if self.infer_seconds else 0.0
-            final_fps = (player.frames_sent - self.sent_at_start) / elapsed
-            log.info(
-                "session %s: inference fps %.1f, rendered fps %.1f, final fps %.1f",
-                self.sessionid, infer_fps, self.frames / elapsed, final_fps,
-            )
-            self.since, self.frames, self.infer_frames, self.infer_seconds = now, 0, 0, 0.0
-            self.sent_at_start = player.frames_sent
+        if now - self.since < STATS_INTERVAL_S:
+            return
+        elapsed = now - self.since
+        counts = (player.frames_fresh, player.frames_repeated, player.frames_sent)
+        fresh, repeated, sent = (c - c0 for c, c0 in zip(counts, self._start_counts, strict=True))
+        log.info(
+            "session %s: inference fps %.1f, fresh fps %.1f (%d repeated, %d skipped), final fps %.1f",
+            self.sessionid,
+            self.infer_frames / self.infer_seconds if self.infer_seconds else 0.0,
+            fresh / elapsed,
+            repeated,
+            self.frames_skipped,
+            sent / elapsed,
+        )
+        self.since, self.infer_frames, self.infer_seconds, self.frames_skipped = now, 0, 0.0, 0
+        self._start_counts = counts

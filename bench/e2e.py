@@ -133,7 +133,7 @@ async def cpu_share(srv: Server, seconds: float) -> float:
 
 
 async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) -> list[float]:
-    """Per session: slots that had a newly rendered frame, per second."""
+    """Per session: video frames per second that were freshly rendered (not repeats)."""
     async def snapshot():
         async with http.get(srv.url + "/stats") as resp:
             return (await resp.json())["data"]["sessions"]
@@ -141,7 +141,7 @@ async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) ->
     before, start = await snapshot(), time.monotonic()
     await asyncio.sleep(seconds)
     after, elapsed = await snapshot(), time.monotonic() - start
-    return [(a["slots_played"] - b["slots_played"]) / elapsed for a, b in zip(after, before, strict=False)]
+    return [(a["frames_fresh"] - b["frames_fresh"]) / elapsed for a, b in zip(after, before, strict=False)]
 
 
 async def keep_talking(http: aiohttp.ClientSession, srv: Server, peers: list[LivePeer]) -> None:
