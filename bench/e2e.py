@@ -175,7 +175,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             peers: list[LivePeer] = []
             scale = {}
             for n in range(1, args.max_sessions + 1):
-                extra = LivePeer(srv.url, sway_box())
+                extra = LivePeer(srv.url, sway_box(), inspect_video=False)
                 await extra.connect(http)
                 await extra.wait_for_media()
                 peers.append(extra)

@@ -39,6 +39,8 @@ class LivePeer:
     # None: aiortc's stock receiver, which holds 4 audio packets (80 ms) before playing but no
     # video. 0: audio is taken on arrival like video, so offsets reflect what the server sent.
     audio_prefetch: int | None = None
+    # False: count decoded frames without converting them (a load client that only needs rates).
+    inspect_video: bool = True
     sessionid: int | None = None
     last_image: np.ndarray | None = None
     _pc: RTCPeerConnection | None = None
@@ -72,7 +74,10 @@ class LivePeer:
             except MediaStreamError:
                 return
             now = time.monotonic()
-            if track.kind == "video":
+            if track.kind == "video" and not self.inspect_video:
+                size = (frame.width, frame.height)
+                self.video.append(VideoSample(now, frame.pts, np.zeros((0, 0, 3), np.uint8), size))
+            elif track.kind == "video":
                 image = frame.to_ndarray(format="bgr24")
                 self.last_image = image
                 x1, y1, x2, y2 = self.mouth_box
