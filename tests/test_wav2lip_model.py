@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from wav2lip import onednn
 from wav2lip.checkpoint import CheckpointMismatch, fuse_batchnorm, load_model, prepare, save_checkpoint
 from wav2lip.infer import predict
-from wav2lip.model import Wav2Lip256
+from wav2lip.model import Conv2d, Conv2dTranspose, Wav2Lip256
 from wav2lip.random_init import random_wav2lip
 
 TSV = Path(__file__).parents[1] / ".." / "shared" / "compat" / "wav2lip256_state_dict.tsv"
@@ -144,13 +145,15 @@ def test_checkpoint_round_trip_with_and_without_module_prefix(
         assert set(saved) == {"state_dict"}
         assert all(k.startswith("module.") == prefixed for k in saved["state_dict"])
         model = load_model(path, device="cpu")
-        mel, face = inputs
+        mel, face = (t.contiguous(memory_format=torch.channels_last) for t in inputs)
         with torch.inference_mode():
-            outputs.append(model(mel.contiguous(memory_format=torch.channels_last),
-                                 face.contiguous(memory_format=torch.channels_last)))  # fmt: skip
+            outputs.append(model(mel, face))
         path.unlink()
     assert torch.equal(outputs[0], outputs[1])
     assert float((outputs[0] - reference).abs().max()) < 1e-3
+    with torch.inference_mode():
+        nchw = model(*inputs)  # a caller that forgot channels_last still gets the right answer
+    assert float((nchw - reference).abs().max()) < 1e-3
 
 
 def test_loaded_model_is_prepared_for_cpu_inference(plain: Wav2Lip256, checkpoint_dir: Path) -> None:
@@ -161,9 +164,57 @@ def test_loaded_model_is_prepared_for_cpu_inference(plain: Wav2Lip256, checkpoin
     assert not model.training
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters())
-    conv = model.face_encoder_blocks[1][0].conv_block[0]
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not conv.weight.is_contiguous()
+    if onednn.available():
+        blocks = [m for m in model.modules() if isinstance(m, onednn.FusedConvBlock)]
+        assert len(blocks) == 54  # every conv block of the network (7 of them transposed)
+        assert sum(b.transpose for b in blocks) == 7
+    else:
+        conv = model.face_encoder_blocks[1][0].conv_block[0]
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_eager_prepared_cpu_model_equals_plain_one(plain: Wav2Lip256, inputs, reference: torch.Tensor) -> None:
+    # The path taken when PyTorch has no oneDNN: folded BatchNorm, channels_last, eager ops.
+    model = prepare(copy.deepcopy(plain), "cpu", onednn=False)
+    assert not any(isinstance(m, onednn.FusedConvBlock) for m in model.modules())
+    mel, face = inputs
+    with torch.inference_mode():
+        out = model(
+            mel.contiguous(memory_format=torch.channels_last), face.contiguous(memory_format=torch.channels_last)
+        )
+    assert float((out - reference).abs().max()) < 1e-3
+
+
+@pytest.mark.skipif(not onednn.available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize(
+    "block",
+    [
+        lambda: Conv2d(4, 4, 3, 1, 1, residual=True),
+        lambda: Conv2d(4, 6, 3, (3, 2), 1),
+        lambda: Conv2dTranspose(6, 4, 3, 2, 1, output_padding=1),
+        lambda: Conv2dTranspose(6, 4, 4, 1, 0),
+    ],
+    ids=["residual", "strided", "transposed", "transposed-k4"],
+)
+def test_onednn_block_computes_the_eager_block(block) -> None:
+    torch.manual_seed(6)
+    blk = randomise_batchnorm(block(), seed=7).eval()
+    cin = blk.conv_block[0].in_channels
+    x = torch.randn(3, cin, 12, 10) - 0.2
+    with torch.no_grad():
+        want = blk(x.clone())
+        fuse_batchnorm(blk)
+        fused = onednn.FusedConvBlock(blk)
+    with torch.inference_mode():
+        got = fused(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 1e-4
+    assert float((want == 0).float().mean()) > 0.1  # the ReLU cut something: it is really applied
+
+
+def test_onednn_block_refuses_an_unfolded_block() -> None:
+    with pytest.raises(ValueError, match="fold BatchNorm first"):
+        onednn.FusedConvBlock(Conv2d(2, 2, 3, 1, 1))
 
 
 def test_predict_masks_the_lower_half_and_matches_the_plain_model(plain: Wav2Lip256) -> None:

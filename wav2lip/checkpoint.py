@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wav2lip import onednn as onednn_kernels
 from wav2lip.model import Wav2Lip256
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,14 @@ def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(new_bias)
 
 
-def prepare(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
-    """Fold BatchNorm, switch to eval, and lay the weights out for `device` (fp16 on CUDA).
+def prepare(model: nn.Module, device: str | torch.device | None = None, onednn: bool = True) -> nn.Module:
+    """Fold BatchNorm, switch to eval, and lay the weights out for `device`; returns the model.
 
-    CPU: channels_last lets oneDNN run the convolutions on NHWC data directly instead of
-    reordering every activation; inputs should be made channels_last too (wav2lip.infer does).
+    CUDA: fp16. CPU: fp32 in channels_last, which lets oneDNN run the convolutions on NHWC data
+    without reordering every activation (inputs should be channels_last too; wav2lip.infer
+    makes them so); with `onednn` (and a PyTorch build that has it) each conv block then becomes
+    one oneDNN call with its add and ReLU fused and its weights packed once (wav2lip.onednn).
+    The result is for inference only.
     """
     device = torch.device(device) if device is not None else best_device()
     model = fuse_batchnorm(model.eval())
@@ -151,7 +155,12 @@ def prepare(model: nn.Module, device: str | torch.device | None = None) -> nn.Mo
     model.to(device)
     if device.type == "cuda":
         model.half()
+        kind = "fp16"
     else:
         model.to(memory_format=torch.channels_last)
-    log.info("wav2lip ready on %s (%s)", device, "fp16" if device.type == "cuda" else "fp32, channels_last")
+        kind = "fp32 channels_last"
+        if onednn and onednn_kernels.available():
+            onednn_kernels.fuse_onednn(model)
+            kind += " + oneDNN fused conv/add/ReLU"
+    log.info("wav2lip ready on %s (%s)", device, kind)
     return model

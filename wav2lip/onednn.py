@@ -1,0 +1,81 @@
+"""CPU fast path: each conv block of a BatchNorm-folded Wav2Lip as one oneDNN call.
+
+Eager PyTorch runs a block as conv, then add, then ReLU: three passes over an activation map
+that at 256x256 does not fit in cache, and it reorders the conv weights into oneDNN's blocked
+layout on every call. oneDNN can apply the residual add and the ReLU as post-ops of the
+convolution itself, with weights reordered once here. These are the kernels PyTorch's own
+compiler (inductor) emits for CPU; they ship in every CPU build with oneDNN (mkldnn).
+
+The result is inference-only: it has no autograd, and its packed weights are not parameters,
+so it cannot be moved to another device or saved. Keep the plain model for that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wav2lip.model import Conv2d, Conv2dTranspose
+
+_OPS = ("_convolution_pointwise", "_convolution_transpose_pointwise", "_reorder_convolution_weight")
+
+
+def available() -> bool:
+    """True when this PyTorch build has oneDNN and the fused convolution ops."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return all(hasattr(torch.ops.mkldnn, name) for name in _OPS)
+
+
+class FusedConvBlock(nn.Module):
+    """relu(conv(x) [+ x]) or relu(conv_transpose(x)) in a single oneDNN primitive."""
+
+    def __init__(self, block: Conv2d | Conv2dTranspose) -> None:
+        super().__init__()
+        conv, bn = block.conv_block[0], block.conv_block[1]
+        if not isinstance(bn, nn.Identity):
+            raise ValueError("fold BatchNorm first (wav2lip.checkpoint.fuse_batchnorm)")
+        self.transpose = isinstance(conv, nn.ConvTranspose2d)
+        self.residual = bool(getattr(block, "residual", False))
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.output_padding = list(conv.output_padding) if self.transpose else [0, 0]
+        self.groups = conv.groups
+        weight = conv.weight.detach().float().contiguous()
+        ops = torch.ops.mkldnn
+        if self.transpose:
+            packed = ops._reorder_convolution_transpose_weight(
+                weight, self.padding, self.output_padding, self.stride, self.dilation, self.groups
+            )
+        else:
+            packed = ops._reorder_convolution_weight(weight, self.padding, self.stride, self.dilation, self.groups)
+        self.packed_weight = packed  # an opaque oneDNN tensor: deliberately not a parameter
+        # The bias stays a parameter so that callers can still ask the model for its device/dtype.
+        self.bias = nn.Parameter(conv.bias.detach().float().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.mkldnn
+        if self.transpose:
+            return ops._convolution_transpose_pointwise(
+                x, self.packed_weight, self.bias, self.padding, self.output_padding,
+                self.stride, self.dilation, self.groups, "relu", [], "",
+            )  # fmt: skip
+        if self.residual:
+            # Binary post-op first (conv + x), then the unary one (ReLU), as upstream's block does.
+            return ops._convolution_pointwise.binary(
+                x, x, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                "add", None, "relu", [], "",
+            )  # fmt: skip
+        return ops._convolution_pointwise(
+            x, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "relu", [], ""
+        )
+
+
+def fuse_onednn(model: nn.Module) -> nn.Module:
+    """Replace every conv block of a folded fp32 CPU model by a FusedConvBlock (in place); returns it."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (Conv2d, Conv2dTranspose)):
+                setattr(parent, name, FusedConvBlock(child))
+    return model
