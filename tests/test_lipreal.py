@@ -89,14 +89,17 @@ def test_server_streams_wav2lip_speech_to_a_peer(wav2lip_files):
                 await asyncio.sleep(2.0)  # the video encoder's quality settles
                 rest = peer.video[-1].mouth
                 sent = time.monotonic()
-                # Long enough for a CPU far slower than real time to render several frames.
-                body = {"sessionid": peer.sessionid, "text": "Hello there. This is a longer test of lip sync."}
-                async with http.post(srv.url + "/human", json=body) as r:
+                # Long enough (about 5 s) for a CPU far slower than real time to render some frames.
+                text = "Hello there. This is a longer test of lip sync, with a second sentence to say."
+                async with http.post(srv.url + "/human", json={"sessionid": peer.sessionid, "text": text}) as r:
                     assert r.status == 200
-                deadline = time.monotonic() + 20
+                session = srv.live.sessions[peer.sessionid]
+                deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and not any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)):
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(4.0)
+                while time.monotonic() < deadline and session.is_speaking:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)
                 video, audio = peer.video_since(sent), peer.audio_since(sent)
                 await peer.close()
             return rest, video, audio
@@ -104,8 +107,9 @@ def test_server_streams_wav2lip_speech_to_a_peer(wav2lip_files):
         rest, video, audio = asyncio.run(scenario())
         assert any(a.rms > SPEECH_RMS for a in audio), "no speech audio"
         changes = [mouth_change(v.mouth, rest) for v in video]
-        # The model's mouths replace the avatar's during speech (random weights: anything but the photo).
-        assert max(changes) > 8.0, max(changes)
+        # Idle frames are the avatar's own (they differ by < 0.01 here); the model's mouths replace
+        # them during speech (random weights: anything but the photo).
+        assert max(changes) > 3.0, max(changes)
         assert video[-1].size == (512, 512)
     finally:
         srv.stop()
