@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ import torch
 from torch import nn
 
 from wav2lip import onednn
-from wav2lip.checkpoint import CheckpointMismatch, fuse_batchnorm, load_model, prepare, save_checkpoint
+from wav2lip.checkpoint import (
+    CheckpointMismatch,
+    fuse_batchnorm,
+    load_model,
+    prepare,
+    read_state_dict,
+    save_checkpoint,
+)
 from wav2lip.infer import predict
 from wav2lip.model import Conv2d, Conv2dTranspose, Wav2Lip256
 from wav2lip.random_init import random_wav2lip
@@ -296,3 +304,14 @@ def test_a_file_that_is_not_a_checkpoint_is_a_value_error(tmp_path: Path) -> Non
     path.write_bytes(b"this is not a torch file")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_model(path, device="cpu")
+
+
+def test_training_extras_with_numpy_scalars_load_but_pickled_code_does_not(tmp_path: Path) -> None:
+    path = tmp_path / "trained.pth"
+    extras = {"global_step": np.int64(5000), "loss": np.float64(0.25), "global_epoch": 3}
+    torch.save({"state_dict": {"module.output_block.1.bias": torch.ones(3)}, **extras}, path)
+    assert list(read_state_dict(path)) == ["output_block.1.bias"]
+    path.write_bytes(pickle.dumps({"state_dict": {}, "hook": Path("x")}, protocol=2))  # an arbitrary class
+    with pytest.raises(ValueError, match="cannot read checkpoint .* as PyTorch weights") as err:
+        read_state_dict(path)
+    assert "weights_only" not in str(err.value)  # torch's advice to disable the check is not passed on

@@ -10,6 +10,7 @@ The upstream file is a `torch.save` dict whose "state_dict" maps names (often pr
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,16 +55,32 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> nn
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's state dict with any "module." prefixes stripped."""
+    # weights_only: a checkpoint is data; refuse pickled code from an untrusted file. Numpy
+    # scalars (a step count or a loss saved next to the weights) are data too.
+    allowed = _numpy_scalar_globals()
     try:
-        # weights_only: a checkpoint is data; refuse pickled code from an untrusted file.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on a foreign file; all mean "not a checkpoint"
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        # torch's own text advises weights_only=False, wrong for a file we cannot trust; keep
+        # only the line naming a disallowed object, if there is one.
+        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
+        raise ValueError(f"cannot read checkpoint {path} as PyTorch weights ({detail}); is it wav2lip256.pth?") from e
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointMismatch(f"{path} is not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
     return {_strip_prefix(k): v for k, v in obj.items()}
+
+
+def _numpy_scalar_globals() -> list:
+    import numpy as np
+
+    # numpy 2 moved numpy.core to numpy._core (the old name still works there, with a warning).
+    name = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
+    scalar = importlib.import_module(name).scalar
+    kinds = (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)
+    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
 def _strip_prefix(name: str) -> str:
