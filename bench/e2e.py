@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import machine_name  # noqa: E402
+
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import mouth_change, sway_box  # noqa: E402
 
@@ -190,15 +192,6 @@ async def main_async(args: argparse.Namespace) -> dict:
     finally:
         srv.stop()
     return result
-
-
-def machine_name() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {model}"
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from machine import machine_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = {
@@ -34,16 +34,6 @@ TARGETS = [
     ("e2e", "cpu_speaking_session", "server CPU per speaking session (cores)", None, "lower"),
     ("e2e", "speaking_sessions_at_24fps", "speaking sessions holding 24+ fps", 4, "higher"),
 ]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.system()} {platform.machine()}, no GPU"
 
 
 def run(name: str) -> dict | None:
@@ -68,7 +58,7 @@ def render(results: dict[str, dict]) -> str:
     lines = [
         "# Performance",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine()} by `bench/run_all.py`; each",
+        f"Measured {datetime.date.today().isoformat()} on {machine_name()}, no GPU by `bench/run_all.py`; each",
         "figure is a median from one run. The benchmark client runs on the same machine as the",
         "server and decodes the video it receives, so it takes CPU the server would otherwise have.",
         "",
