@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+import events
 import httpapi
 from audio_util import decode_audio_bytes
-from basereal import BaseReal
-from httpapi import ApiError, ok, optional_bool, parse_sessionid, read_json, require_str
+from basereal import BaseReal, EventCallback
+from httpapi import ApiError, extra_fields, ok, optional_bool, parse_sessionid, read_json, require_str
 from ttsreal import TTSEngine, load_tts_engine
 
 log = logging.getLogger("livetalking")
@@ -36,6 +37,8 @@ MODELS = {
 CONNECT_TIMEOUT_S = 30.0  # an offer whose peer never connects is dropped after this
 DISCONNECT_GRACE_S = 5.0  # a peer that stays "disconnected" this long has vanished
 MAX_UPLOAD_SECONDS = 600.0
+# /human fields of the API itself; any others are the caller's, echoed in the session's events.
+HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,12 +104,13 @@ class LiveTalking:
         )
         self.sessions: dict[int, BaseReal] = {}
         self.peers: dict[int, RTCPeerConnection] = {}
+        self.events: dict[int, events.SessionEvents] = {}
         self._opening = 0  # sessions being built, counted against --max_session
 
     # --- sessions ----------------------------------------------------------------------------
-    def new_session(self, sessionid: int) -> BaseReal:
+    def new_session(self, sessionid: int, on_event: EventCallback | None = None) -> BaseReal:
         """Build one session (blocking; runs in an executor)."""
-        return self.session_cls(self.opt, self.model, self.avatar, self.tts_engine, sessionid)
+        return self.session_cls(self.opt, self.model, self.avatar, self.tts_engine, sessionid, on_event)
 
     def get_session(self, value: Any) -> BaseReal:
         sessionid = parse_sessionid(value)
@@ -125,6 +129,9 @@ class LiveTalking:
             await pc.close()
         if session is not None:
             await asyncio.get_running_loop().run_in_executor(None, session.close)
+        hub = self.events.pop(sessionid, None)
+        if hub is not None:
+            hub.close(reason)
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close_session(sid, "server shutdown") for sid in list(self.peers)))
@@ -147,12 +154,14 @@ class LiveTalking:
         sessionid = self._new_sessionid()
         loop = asyncio.get_running_loop()
         self._opening += 1
+        hub = events.SessionEvents(sessionid, loop)
         try:
-            session = await loop.run_in_executor(None, self.new_session, sessionid)
+            session = await loop.run_in_executor(None, self.new_session, sessionid, hub.publish)
         finally:
             self._opening -= 1
         pc = RTCPeerConnection()
         self.sessions[sessionid] = session
+        self.events[sessionid] = hub
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
         try:
@@ -207,9 +216,10 @@ class LiveTalking:
             raise ApiError(400, "type 'chat' needs an LLM, and this server has none configured; use type 'echo'")
         if kind != "echo":
             raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {kind!r}")
+        datainfo = extra_fields(body, HUMAN_FIELDS)
         if optional_bool(body, "interrupt"):
             session.interrupt()
-        session.say(text)
+        session.say(text, datainfo)
         return ok()
 
     async def humanaudio(self, request: web.Request) -> web.Response:
@@ -235,6 +245,14 @@ class LiveTalking:
         body = await read_json(request)
         self.get_session(body.get("sessionid")).interrupt()
         return ok()
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        """GET /sse?sessionid=N: the session's events as Server-Sent Events."""
+        sessionid = parse_sessionid(request.query.get("sessionid"))
+        hub = self.events.get(sessionid)
+        if hub is None or sessionid not in self.sessions:
+            raise ApiError(404, f"no session {sessionid}; open one with POST /offer")
+        return await events.stream(request, hub)
 
     async def is_speaking(self, request: web.Request) -> web.Response:
         body = await read_json(request)
@@ -279,6 +297,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     app.router.add_post("/interrupt_talk", live.interrupt_talk)
     app.router.add_post("/is_speaking", live.is_speaking)
     app.router.add_get("/stats", live.stats)
+    app.router.add_get("/sse", live.sse)
     app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
 

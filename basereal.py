@@ -201,6 +201,10 @@ class BaseReal(ABC):
         if frame.speech != self.speaking:
             self.speaking = frame.speech
             log.debug("session %s speaking=%s", self.sessionid, frame.speech)
+            if self._on_event is not None:
+                # Before this frame's "start" (and after the last frame's "end"): a page sees
+                # speaking, start, ..., end, idle, as the listener hears it.
+                self._on_event({"status": "speaking", "speaking": frame.speech})
         if frame.event is not None:
             log.info("session %s %s: %s", self.sessionid, frame.event.get("status"), frame.event.get("text"))
             if self._on_event is not None:

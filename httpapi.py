@@ -70,6 +70,11 @@ def optional_bool(body: dict[str, Any], name: str, default: bool = False) -> boo
     return value
 
 
+def extra_fields(body: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """The fields a caller attached beyond the API's own, echoed back in its session events."""
+    return {k: v for k, v in body.items() if k not in known}
+
+
 def parse_sessionid(value: Any) -> int:
     """A session id given as a JSON number or a numeric string."""
     if value is None:
