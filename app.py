@@ -23,7 +23,9 @@ import events
 import httpapi
 from audio_util import decode_audio_bytes
 from basereal import BaseReal, EventCallback
+from chat import Conversation
 from httpapi import ApiError, extra_fields, ok, optional_bool, parse_sessionid, read_json, require_str
+from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
 from ttsreal import TTSEngine, load_tts_engine
 
 log = logging.getLogger("livetalking")
@@ -65,6 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "-m", type=int, default=8, help="middle context (upstream's NeRF window; the lip models use the batch)"
     )
     p.add_argument("-r", type=int, default=10, help="audio right context (look-ahead) in 20 ms frames (default 10)")
+    p.add_argument(
+        "--llm", default="openai", choices=["openai", "local"],
+        help="chat backend: openai (any OpenAI-compatible endpoint, default) or local (in-process GGUF model)",
+    )
+    p.add_argument("--llm_url", default=None, help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--llm_model", default=None, help="model name (local: a .gguf file; default the packaged one)")
+    p.add_argument(
+        "--llm_system_prompt", default=None, help="system prompt of every chat (default: short spoken answers)"
+    )
+    p.add_argument("--llm_history", type=int, default=10, help="question/answer turns a chat remembers (default 10)")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     opt = p.parse_args(argv)
     if opt.model not in MODELS:
@@ -73,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch_size must be at least 1")
     if opt.max_session < 1:
         p.error("--max_session must be at least 1")
+    if opt.llm_history < 0:
+        p.error("--llm_history must be 0 or more")
     return opt
 
 
@@ -98,6 +112,14 @@ class LiveTalking:
         self.avatar = self.session_cls.load_avatar(opt)
         self.session_cls.warm_up(opt, self.model, self.avatar)
         self.tts_engine: TTSEngine = load_tts_engine(opt)
+        self.llm: ChatBackend | None = None
+        self.llm_off = ""  # why chat is off, told to whoever asks for it
+        try:
+            self.llm = make_backend(opt)
+            log.info("chat: %s", self.llm.description)
+        except LLMNotConfigured as exc:
+            self.llm_off = str(exc)
+            log.info("chat: off (no LLM configured; --llm_url or OPENAI_BASE_URL turns it on)")
         log.info(
             "loaded model %s, avatar %s, tts %s in %.1fs",
             opt.model, opt.avatar_id, opt.tts, time.perf_counter() - started,
@@ -105,6 +127,7 @@ class LiveTalking:
         self.sessions: dict[int, BaseReal] = {}
         self.peers: dict[int, RTCPeerConnection] = {}
         self.events: dict[int, events.SessionEvents] = {}
+        self.chats: dict[int, Conversation] = {}
         self._opening = 0  # sessions being built, counted against --max_session
 
     # --- sessions ----------------------------------------------------------------------------
@@ -122,9 +145,12 @@ class LiveTalking:
     async def close_session(self, sessionid: int, reason: str) -> None:
         session = self.sessions.pop(sessionid, None)
         pc = self.peers.pop(sessionid, None)
+        conversation = self.chats.pop(sessionid, None)
         if session is None and pc is None:
             return
         log.info("closing session %s (%s)", sessionid, reason)
+        if conversation is not None:
+            await conversation.close()  # no answer may feed a closing session
         if pc is not None:
             await pc.close()
         if session is not None:
@@ -162,6 +188,11 @@ class LiveTalking:
         pc = RTCPeerConnection()
         self.sessions[sessionid] = session
         self.events[sessionid] = hub
+        if self.llm is not None:
+            prompt = self.opt.llm_system_prompt if self.opt.llm_system_prompt is not None else self.llm.system_prompt
+            self.chats[sessionid] = Conversation(
+                self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history
+            )
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
         try:
@@ -212,15 +243,36 @@ class LiveTalking:
         session = self.get_session(body.get("sessionid"))
         text = require_str(body, "text")
         kind = body.get("type", "echo")
-        if kind == "chat":
-            raise ApiError(400, "type 'chat' needs an LLM, and this server has none configured; use type 'echo'")
-        if kind != "echo":
+        if kind not in ("echo", "chat"):
             raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {kind!r}")
+        conversation = self._conversation(session) if kind == "chat" else None
         datainfo = extra_fields(body, HUMAN_FIELDS)
         if optional_bool(body, "interrupt"):
-            session.interrupt()
-        session.say(text, datainfo)
+            await self._interrupt(session)
+        if conversation is not None:
+            await self._ask(conversation, text, datainfo)
+        else:
+            session.say(text, datainfo)
         return ok()
+
+    def _conversation(self, session: BaseReal) -> Conversation:
+        conversation = self.chats.get(session.sessionid)
+        if conversation is None:
+            raise ApiError(400, self.llm_off or f"session {session.sessionid} has no chat")
+        return conversation
+
+    async def _ask(self, conversation: Conversation, text: str, datainfo: dict) -> None:
+        try:
+            await conversation.ask(text, datainfo)
+        except LLMError as exc:
+            raise ApiError(exc.status, exc.msg) from None
+
+    async def _interrupt(self, session: BaseReal) -> None:
+        """Silence the session now, then stop its answer in flight (closing the LLM stream)."""
+        session.interrupt()
+        conversation = self.chats.get(session.sessionid)
+        if conversation is not None:
+            await conversation.cancel()
 
     async def humanaudio(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/"):
@@ -243,7 +295,7 @@ class LiveTalking:
 
     async def interrupt_talk(self, request: web.Request) -> web.Response:
         body = await read_json(request)
-        self.get_session(body.get("sessionid")).interrupt()
+        await self._interrupt(self.get_session(body.get("sessionid")))
         return ok()
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
@@ -303,6 +355,8 @@ def build_app(opt: argparse.Namespace) -> web.Application:
 
     async def on_shutdown(_: web.Application) -> None:
         await live.close_all()
+        if live.llm is not None:
+            await live.llm.aclose()
 
     app.on_shutdown.append(on_shutdown)
     return app
