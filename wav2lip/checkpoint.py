@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from wav2lip import onednn as onednn_kernels
-from wav2lip.model import Wav2Lip256
+from wav2lip.model import IMG_SIZE, MEL_BANDS, MEL_STEPS, Wav2Lip256
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,11 @@ def prepare(model: nn.Module, device: str | torch.device | None = None, onednn: 
         model.to(memory_format=torch.channels_last)
         kind = "fp32 channels_last"
         if onednn and onednn_kernels.available():
-            onednn_kernels.fuse_onednn(model)
+            example = (
+                torch.zeros(1, 1, MEL_BANDS, MEL_STEPS).contiguous(memory_format=torch.channels_last),
+                torch.zeros(1, 6, IMG_SIZE, IMG_SIZE).contiguous(memory_format=torch.channels_last),
+            )
+            onednn_kernels.fuse_onednn(model, example)
             kind += " + oneDNN fused conv/add/ReLU"
     log.info("wav2lip ready on %s (%s)", device, kind)
     return model
