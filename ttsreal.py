@@ -1,6 +1,7 @@
 """Text to speech: engines shared by the whole server, and one worker per session.
 
-An engine (Piper, espeak-ng) is loaded once and may be called from many sessions at once.
+An engine (Piper, espeak-ng here; the online and self-hosted ones in the tts/ package) is
+loaded once and may be called from many sessions at once.
 Each session owns a BaseTTS that splits queued text into sentences, streams each sentence
 through the engine and hands the session 20 ms chunks of 16 kHz audio as soon as they exist,
 so the avatar starts talking before a long reply is synthesised.
@@ -9,6 +10,7 @@ so the avatar starts talking before a long reply is synthesised.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import queue
@@ -34,8 +36,46 @@ Sink = Callable[[np.ndarray, dict | None], bool]
 # --- engines ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Voice:
+    """Who speaks: a reference (a voice name, a voice file, or reference audio for the cloning
+    engines) and, for engines that need it, the text spoken in that reference audio.
+
+    A field left None means "the engine's default" (from --REF_FILE / --REF_TEXT), so a
+    request may change only the reference audio, as upstream's per-request `tts` does.
+    """
+
+    ref_file: str | None = None
+    ref_text: str | None = None
+
+    def over(self, default: Voice | None) -> Voice:
+        """This voice with its unset fields taken from `default`."""
+        if default is None:
+            return self
+        return Voice(
+            self.ref_file if self.ref_file is not None else default.ref_file,
+            self.ref_text if self.ref_text is not None else default.ref_text,
+        )
+
+
+def as_voice(voice: Voice | str | None) -> Voice | None:
+    """Accept the old calling convention (a voice name string) as well as a Voice."""
+    if voice is None or isinstance(voice, Voice):
+        return voice
+    return Voice(ref_file=str(voice))
+
+
+class TTSError(RuntimeError):
+    """An engine failed in a way its message fully explains (HTTP status and body, refused
+    connection, missing key): logged without a traceback and shown to the client as is."""
+
+
 class TTSEngine(ABC):
-    """A speech synthesiser shared by all sessions; implementations must be thread-safe."""
+    """A speech synthesiser shared by all sessions; implementations must be thread-safe.
+
+    `synthesize` may return an iterator with `abort()`: BaseTTS calls it from another thread
+    when the user interrupts, and it must end a blocked read at once (closing the request).
+    """
 
     name: str = "tts"
     # True when the engine returns a sentence only once all of it is synthesized: then the
@@ -43,8 +83,11 @@ class TTSEngine(ABC):
     whole_sentences: bool = False
 
     @abstractmethod
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
-        """Yield (float32 mono samples, sample rate) pieces as soon as the engine makes them."""
+    def synthesize(self, text: str, voice: Voice | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """Yield (float32 mono samples, sample rate) pieces as soon as the engine makes them.
+
+        `voice` overrides the engine's default voice field by field (None: the default).
+        """
 
 
 class PiperEngine(TTSEngine):
@@ -83,8 +126,9 @@ class PiperEngine(TTSEngine):
                 log.info("piper voice %s loaded in %.1fs", path.name, time.perf_counter() - started)
             return self._voices[key]
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
-        piper_voice = self._load(voice) if voice else self._default
+    def synthesize(self, text: str, voice: Voice | str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        ref = (as_voice(voice) or Voice()).ref_file
+        piper_voice = self._load(ref) if ref else self._default
         # Piper yields one piece per sentence it finds, right after synthesising it.
         for chunk in piper_voice.synthesize(text):
             yield chunk.audio_float_array, chunk.sample_rate
@@ -136,8 +180,8 @@ class EspeakEngine(TTSEngine):
         if result.returncode != 0:
             raise ValueError(f"espeak-ng voice {voice!r}: {_stderr_text(result.stderr)}")
 
-    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
-        voice = voice or self.voice
+    def synthesize(self, text: str, voice: Voice | str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        voice = (as_voice(voice) or Voice()).ref_file or self.voice
         proc = subprocess.Popen(
             [self._binary, "-v", voice, "-b", "1", "--stdout", "--stdin"],
             stdin=subprocess.PIPE,
@@ -232,12 +276,34 @@ _ENGINES: dict[str, Callable[[str | None], TTSEngine]] = {
     "espeak": lambda ref: EspeakEngine(ref or "en-us"),
 }
 
+# Upstream's --tts names for the online and self-hosted engines of the tts/ package, as
+# "module:class". A module is imported only when its engine is chosen, so an engine's own
+# dependency (edge-tts) is needed only by those who use it.
+_NETWORK_ENGINES: dict[str, str] = {
+    "edgetts": "tts.edge:EdgeEngine",
+    "gpt-sovits": "tts.sovits:SovitsEngine",
+    "xtts": "tts.xtts:XttsEngine",
+    "cosyvoice": "tts.cosyvoice:CosyVoiceEngine",
+    "fishtts": "tts.fish:FishEngine",
+    "indextts2": "tts.indextts:IndexTTS2Engine",
+    "tencent": "tts.tencent:TencentEngine",
+    "doubao": "tts.doubao:DoubaoEngine",
+    "azuretts": "tts.azure:AzureEngine",
+}
+
+TTS_ENGINES: tuple[str, ...] = tuple(sorted([*_ENGINES, *_NETWORK_ENGINES]))
+
 
 def load_tts_engine(opt: Any) -> TTSEngine:
-    """Build the server's engine from `opt.tts` ("piper" or "espeak") and `opt.REF_FILE` (voice)."""
+    """Build the server's engine from `opt.tts` and the voice flags (`REF_FILE`, `REF_TEXT`,
+    `TTS_SERVER`); ValueError naming the choices for an unknown engine."""
     name = str(getattr(opt, "tts", None) or "piper").strip().lower()
+    if name in _NETWORK_ENGINES:
+        module_name, class_name = _NETWORK_ENGINES[name].split(":")
+        engine_cls = getattr(importlib.import_module(module_name), class_name)
+        return engine_cls.from_opt(opt)
     if name not in _ENGINES:
-        raise ValueError(f"unknown TTS engine {name!r}; choose one of: {', '.join(sorted(_ENGINES))}")
+        raise ValueError(f"unknown TTS engine {name!r}; choose one of: {', '.join(TTS_ENGINES)}")
     ref = getattr(opt, "REF_FILE", None) or None
     if name == "piper" and ref and not (str(ref).endswith(".onnx") or os.path.isfile(ref)):
         # Upstream LiveTalking uses REF_FILE for cloud voice names; Piper cannot use those.
@@ -376,6 +442,10 @@ class _Message:
     datainfo: dict
     text: str | None = None
     audio: np.ndarray | None = None
+    voice: Voice | None = None  # this message's voice override
+
+
+ErrorCallback = Callable[[dict], None]
 
 
 # Piper starts each sentence with ~50 ms of near-silence (about -90 dBFS): dropping it brings
@@ -466,13 +536,25 @@ class BaseTTS:
 
     `sink(chunk, event)` receives float32 (CHUNK,) chunks at 16 kHz; it may block, and returns
     False when the session was interrupted, which drops the rest of the current sentence.
+    `on_error(event)` is told, from the worker thread, of each sentence the engine could not
+    speak: {"status": "error", "text": sentence, "msg": the engine's message} plus the
+    message's datainfo; without it failures are only logged.
     """
 
-    def __init__(self, engine: TTSEngine, sink: Sink, name: str = "tts", voice: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: TTSEngine,
+        sink: Sink,
+        name: str = "tts",
+        voice: Voice | str | None = None,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
         self.engine = engine
         self.name = name
-        self.voice = voice
+        self.voice = as_voice(voice)
+        self.on_error = on_error
         self._sink = sink
+        self._inflight: Any = None  # the engine's stream being read, so flush can abort it
         self._queue: queue.Queue[_Message | None] = queue.Queue()
         self._lock = threading.Lock()  # makes flush atomic against put_* and the pending count
         self._generation = 0  # bumped by flush; work from an older generation is abandoned
@@ -490,10 +572,10 @@ class BaseTTS:
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
             self._thread.start()
 
-    def put_msg_txt(self, text: str, datainfo: dict | None = None) -> None:
-        """Queue text to be spoken; returns at once."""
+    def put_msg_txt(self, text: str, datainfo: dict | None = None, voice: Voice | None = None) -> None:
+        """Queue text to be spoken, in `voice` (fields override the default) if given; returns at once."""
         if text and text.strip():
-            self._put(_Message(0, dict(datainfo or {}), text=text))
+            self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice)))
 
     def put_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue ready 16 kHz mono speech (an uploaded file), played in order with the text."""
@@ -508,9 +590,11 @@ class BaseTTS:
             self._queue.put(msg)
 
     def flush(self) -> None:
-        """Drop all queued messages and abandon the current sentence at the next chunk."""
+        """Drop all queued messages and abandon the current sentence now: a network engine's
+        request in flight is closed, not read to its end."""
         with self._lock:
             self._generation += 1
+            inflight = self._inflight
             stop_markers = 0
             while True:
                 try:
@@ -523,6 +607,7 @@ class BaseTTS:
                     self._pending -= 1
             for _ in range(stop_markers):  # stop() must still reach the worker
                 self._queue.put(None)
+        _abort(inflight)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop and join the worker; idempotent."""
@@ -574,9 +659,24 @@ class BaseTTS:
                 return
             try:
                 self._speak_sentence(sentence, msg)
-            except Exception:  # skip the sentence, keep the session talking
-                # The traceback's last line carries the engine's own message.
-                log.exception("%s: %s could not speak %r, skipped", self.name, self.engine.name, sentence[:80])
+            except Exception as exc:  # skip the sentence, keep the session talking
+                if self._abandoned(msg.generation):
+                    return  # the stream failed because the user interrupted it
+                self._report_error(sentence, msg, exc)
+
+    def _report_error(self, sentence: str, msg: _Message, exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, TTSError):
+            log.error("%s: %s could not speak %r, skipped: %s", self.name, self.engine.name, sentence[:80], text)
+        else:
+            # Unexpected: the traceback's last line carries the engine's own message.
+            log.exception("%s: %s could not speak %r, skipped", self.name, self.engine.name, sentence[:80])
+        if self.on_error is None:
+            return
+        try:
+            self.on_error({**msg.datainfo, "status": "error", "text": sentence, "msg": text})
+        except Exception:  # a broken listener must not stop the speech
+            log.exception("%s: on_error callback failed", self.name)
 
     def _speak_sentence(self, sentence: str, msg: _Message) -> None:
         started = time.perf_counter()
@@ -588,7 +688,12 @@ class BaseTTS:
         )
         resampler: StreamResampler | None = None
         samples_16k = 0
-        pieces = iter(self.engine.synthesize(sentence, self.voice))
+        voice = msg.voice.over(self.voice) if msg.voice is not None else self.voice
+        pieces = iter(self.engine.synthesize(sentence, voice))
+        with self._lock:
+            self._inflight = pieces
+        if self._abandoned(msg.generation):
+            _abort(pieces)  # flush ran before the stream was registered
         try:
             for audio, rate in pieces:
                 if resampler is None or resampler.rate != rate:
@@ -612,11 +717,14 @@ class BaseTTS:
                 out.finish()
             raise
         finally:
+            with self._lock:
+                self._inflight = None
             close = getattr(pieces, "close", None)
             if close is not None:
-                close()  # ends an espeak process early when the sentence is dropped
+                close()  # ends an espeak process or a network request early when the sentence is dropped
         if samples_16k == 0:
-            log.warning("%s: %s produced no audio for %r", self.name, self.engine.name, sentence[:80])
+            if not self._abandoned(msg.generation):  # an interrupted request ends without audio
+                log.warning("%s: %s produced no audio for %r", self.name, self.engine.name, sentence[:80])
             return
         out.finish()
         self._log_timing(sentence, started, out, samples_16k)
@@ -639,3 +747,13 @@ class BaseTTS:
                 return
         out.finish()
         log.info("%s: played %.2f s of audio", self.name, msg.audio.size / SAMPLE_RATE)
+
+
+def _abort(stream: Any) -> None:
+    """Stop an engine's stream from another thread, if it supports that (network engines)."""
+    abort = getattr(stream, "abort", None)
+    if abort is not None:
+        try:
+            abort()
+        except Exception:  # interrupting must never fail
+            log.exception("aborting a TTS stream failed")

@@ -371,8 +371,9 @@ def test_espeak_text_is_not_parsed_as_options() -> None:
 
 
 def test_load_tts_engine_unknown_name_lists_choices() -> None:
-    with pytest.raises(ValueError, match="espeak, piper"):
-        load_tts_engine(argparse.Namespace(tts="edgetts", REF_FILE=None))
+    choices = "azuretts, cosyvoice, doubao, edgetts, espeak, fishtts, gpt-sovits, indextts2, piper, tencent, xtts"
+    with pytest.raises(ValueError, match=choices):
+        load_tts_engine(argparse.Namespace(tts="festival", REF_FILE=None))
 
 
 @needs_espeak

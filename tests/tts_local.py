@@ -22,7 +22,7 @@ from typing import Any
 import av
 import numpy as np
 from aiohttp import web
-from scipy.signal import resample_poly
+from scipy.signal import correlate, resample_poly
 
 from audio_util import CHUNK, SAMPLE_RATE, to_16k_mono
 from ttsreal import BaseTTS, PiperEngine, TTSEngine
@@ -289,19 +289,15 @@ def wait_idle(tts: BaseTTS, timeout: float = 20.0) -> None:
 def similarity(got: np.ndarray, expected: np.ndarray, max_lag: int = 2400) -> float:
     """Best normalised correlation of two recordings of the same speech over small shifts
     (onset trimming and MP3 delay move it a little)."""
-    n = min(got.size, expected.size) - max_lag
+    n = min(got.size, expected.size) - 2 * max_lag
     if n <= 0:
         return 0.0
     ref = expected[max_lag : max_lag + n].astype(np.float64)
-    best = 0.0
-    for lag in range(0, 2 * max_lag, 4):
-        seg = got[lag : lag + n].astype(np.float64)
-        if seg.size < n:
-            break
-        denom = np.linalg.norm(seg) * np.linalg.norm(ref)
-        if denom:
-            best = max(best, float(seg @ ref / denom))
-    return best
+    seg = got[: n + 2 * max_lag].astype(np.float64)
+    dots = correlate(seg, ref, mode="valid", method="fft")  # every shift of got against ref
+    energy = np.concatenate([[0.0], np.cumsum(seg**2)])
+    norms = np.sqrt(energy[n:] - energy[:-n]) * np.linalg.norm(ref)
+    return float(np.max(dots / np.maximum(norms, 1e-12)))
 
 
 def seconds(samples: np.ndarray | int) -> float:
