@@ -242,6 +242,7 @@ class LiveTalking:
         body = await read_json(request)
         session = self.get_session(body.get("sessionid"))
         text = require_str(body, "text")
+        voice = httpapi.optional_voice(body)  # {"tts": {"ref_file", "ref_text"}}: this text's voice
         kind = body.get("type", "echo")
         if kind not in ("echo", "chat"):
             raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {kind!r}")
@@ -252,7 +253,7 @@ class LiveTalking:
         if conversation is not None:
             await self._ask(conversation, text, datainfo)
         else:
-            session.say(text, datainfo)
+            session.say(text, datainfo, voice)
         return ok()
 
     def _conversation(self, session: BaseReal) -> Conversation:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from baseasr import CHUNK, AudioFrame, BaseASR
-from ttsreal import BaseTTS, TTSEngine
+from ttsreal import BaseTTS, TTSEngine, Voice
 from webrtc import SLOT_SECONDS, HumanPlayer, Unit
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class BaseReal(ABC):
         self.batch_size = int(getattr(opt, "batch_size", None) or self.default_batch_size)
         self._on_event = on_event
         self.asr = self.make_asr()
-        self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}")
+        self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}", on_error=self._tts_error)
         self.player = HumanPlayer(self.batch_size + PLAYER_SLACK_UNITS, on_audio_sent=self._audio_sent)
         self.speaking = False
         self._lock = threading.Lock()  # guards _generation and _reject_until_start
@@ -160,9 +160,14 @@ class BaseReal(ABC):
         return [t for t in threading.enumerate() if t.name.endswith(f"-{self.sessionid}")]
 
     # --- input -----------------------------------------------------------------------------
-    def say(self, text: str, datainfo: dict | None = None) -> None:
-        """Queue text to be spoken (echo)."""
-        self.tts.put_msg_txt(text, datainfo)
+    def say(self, text: str, datainfo: dict | None = None, voice: Voice | None = None) -> None:
+        """Queue text to be spoken (echo), in `voice` when given (its fields override the defaults)."""
+        self.tts.put_msg_txt(text, datainfo, voice)
+
+    def _tts_error(self, event: dict) -> None:
+        """A sentence the engine could not speak (TTS worker thread): the client hears of it."""
+        if self._on_event is not None:
+            self._on_event(event)
 
     def say_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue 16 kHz mono speech (an uploaded file) to be played with moving lips."""

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ttsreal import Voice
+
 log = logging.getLogger(__name__)
 
 # Unguessable ids that still survive a JavaScript Number round trip (parseInt in clients).
@@ -91,6 +93,32 @@ def parse_sessionid(value: Any) -> int:
             raise ApiError(400, f"field 'sessionid' must be an integer, got '{value}'")
         return int(text)
     return value
+
+
+VOICE_FIELDS = ("ref_file", "ref_text")
+
+
+def optional_voice(body: dict[str, Any], name: str = "tts") -> Voice | None:
+    """The optional per-request voice {"ref_file": str, "ref_text": str}; None when absent.
+
+    An empty or missing field keeps the server's default (--REF_FILE / --REF_TEXT).
+    """
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        allowed = " and/or ".join(VOICE_FIELDS)
+        raise ApiError(400, f"field '{name}' must be an object with {allowed}, got {json.dumps(value)}")
+    unknown = sorted(set(value) - set(VOICE_FIELDS))
+    if unknown:
+        raise ApiError(400, f"field '{name}' has unknown keys {unknown}; allowed: {', '.join(VOICE_FIELDS)}")
+    fields: dict[str, str | None] = {}
+    for key in VOICE_FIELDS:
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise ApiError(400, f"field '{name}.{key}' must be a string, got {type(item).__name__}")
+        fields[key] = item or None
+    return Voice(**fields) if any(fields.values()) else None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
