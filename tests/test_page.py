@@ -1,4 +1,5 @@
-"""The demo page in a real headless Chromium: Start, Say, the video plays, the badge shows speech."""
+"""The demo page in a real headless Chromium: Start, Say, the video plays, the badge and the event log
+follow the session's /sse events, and the chat box reports a server without an LLM."""
 
 from __future__ import annotations
 
@@ -50,6 +51,16 @@ def test_page_starts_a_session_and_the_avatar_speaks(server):
             page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'true'", timeout=15000)
             page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'false'", timeout=20000)
             assert page.locator("#status").inner_text() == ""
+            # The badge follows /sse; the conversation shows the spoken pieces, none still highlighted.
+            spoken = " ".join(page.locator("#transcript .piece.said").all_inner_texts())
+            assert spoken.split() == ["Hello,", "how", "are", "you?"], spoken
+            assert page.locator("#transcript .piece.now").count() == 0
+            log = page.locator("#event-log").inner_text()
+            assert "start" in log and "end" in log and '"turn":1' in log, log
+            # This server has no LLM: the chat box says which flag turns it on.
+            page.fill("#question", "What is the capital of France?")
+            page.click("#ask")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('--llm_url')", timeout=5000)
             page.click("#stop")
             assert page.locator("#sessionid").inner_text() == "none"
         finally:

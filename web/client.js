@@ -4,14 +4,16 @@
 const $ = (id) => document.getElementById(id);
 let pc = null;
 let sessionid = null;
-let pollTimer = null;
+let events = null; // EventSource on /sse: speaking, start/end of each piece, errors, closed
+let turn = 0; // attached to each /human call; its events carry it back, so pieces find their line
+const MAX_LOG = 100;
 
 function setStatus(text) { $("status").textContent = text || ""; }
 
 function setConnected(connected) {
   $("start").disabled = connected;
   $("stop").disabled = !connected;
-  for (const id of ["say", "interrupt", "upload"]) $(id).disabled = !connected;
+  for (const id of ["say", "interrupt", "upload", "ask"]) $(id).disabled = !connected;
   $("sessionid").textContent = connected && sessionid !== null ? String(sessionid) : "none";
 }
 
@@ -71,7 +73,7 @@ async function start() {
     sessionid = answer.sessionid;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     setConnected(true);
-    pollTimer = setInterval(pollSpeaking, 250);
+    listen(sessionid);
   } catch (err) {
     setStatus(`could not start: ${err.message}`);
     stop();
@@ -79,8 +81,8 @@ async function start() {
 }
 
 function stop() {
-  if (pollTimer) clearInterval(pollTimer);
-  pollTimer = null;
+  if (events) events.close();
+  events = null;
   if (pc) pc.close();
   pc = null;
   sessionid = null;
@@ -93,28 +95,87 @@ function showSpeaking(speaking) {
   $("speaking").textContent = speaking ? "speaking" : "idle";
 }
 
-async function pollSpeaking() {
-  if (sessionid === null) return;
+// --- session events -------------------------------------------------------------------------
+function listen(id) {
+  events = new EventSource(`/sse?sessionid=${id}`);
+  events.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  // The browser reconnects by itself; once the session is gone the server answers 404 and it stops.
+  events.onerror = () => { if (events && events.readyState === EventSource.CLOSED) logEvent({ status: "disconnected" }); };
+}
+
+function onEvent(ev) {
+  logEvent(ev);
+  if (ev.status === "speaking") showSpeaking(ev.speaking === true);
+  else if (ev.status === "start") pieceOf(ev, true);
+  else if (ev.status === "end") pieceOf(ev, false);
+  else if (ev.status === "error") setStatus(ev.msg);
+  else if (ev.status === "closed" && events) { events.close(); events = null; }
+}
+
+function logEvent(ev) {
+  const li = document.createElement("li");
+  const { status, ...rest } = ev;
+  li.textContent = `${new Date().toLocaleTimeString()} ${status} ${JSON.stringify(rest)}`;
+  li.title = li.textContent; // the whole event, when the line is cut
+  if (status === "error") li.className = "error";
+  const log = $("event-log");
+  log.appendChild(li);
+  while (log.children.length > MAX_LOG) log.removeChild(log.firstChild);
+  log.scrollTop = log.scrollHeight;
+}
+
+// The avatar's line for a turn, made on the fly for speech this page did not ask for.
+function answerLine(t) {
+  let line = t === undefined ? null : document.querySelector(`#transcript li.avatar[data-turn="${t}"]`);
+  if (!line) line = addLine("avatar", "", t);
+  return line;
+}
+
+function addLine(kind, text, t) {
+  const li = document.createElement("li");
+  li.className = kind;
+  li.textContent = text;
+  if (t !== undefined) li.dataset.turn = String(t);
+  $("transcript").appendChild(li);
+  $("transcript").scrollTop = $("transcript").scrollHeight;
+  return li;
+}
+
+// A piece is highlighted from the moment its audio leaves the server until its end event.
+function pieceOf(ev, starting) {
+  if (!ev.text) return; // an uploaded file has no words
+  const line = answerLine(ev.turn);
+  if (starting) {
+    const span = document.createElement("span");
+    span.className = "piece now";
+    span.textContent = ev.text + " ";
+    line.appendChild(span);
+  } else {
+    const span = [...line.querySelectorAll(".piece.now")].find((s) => s.textContent.trim() === ev.text);
+    if (span) span.className = "piece said";
+  }
+}
+
+// --- requests -----------------------------------------------------------------------------------
+async function send(kind, input) {
+  const text = input.value.trim();
+  if (!text || sessionid === null) return;
+  turn += 1;
+  const lines = [];
+  if (kind === "chat") lines.push(addLine("user", `You: ${text}`, turn));
+  lines.push(addLine("avatar", "", turn));
   try {
-    const reply = await api("/is_speaking", { sessionid });
-    showSpeaking(reply.data === true);
+    await api("/human", { sessionid, text, type: kind, interrupt: true, turn });
+    input.value = "";
+    setStatus("");
   } catch (err) {
+    for (const line of lines) line.remove();
     setStatus(err.message);
   }
 }
 
-async function say(ev) {
-  ev.preventDefault();
-  const text = $("text").value.trim();
-  if (!text || sessionid === null) return;
-  try {
-    await api("/human", { sessionid, text, type: "echo", interrupt: true });
-    $("text").value = "";
-    setStatus("");
-  } catch (err) {
-    setStatus(err.message);
-  }
-}
+function say(ev) { ev.preventDefault(); return send("echo", $("text")); }
+function ask(ev) { ev.preventDefault(); return send("chat", $("question")); }
 
 async function interrupt() {
   try { await api("/interrupt_talk", { sessionid }); } catch (err) { setStatus(err.message); }
@@ -133,6 +194,7 @@ async function upload(ev) {
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
 $("echo-form").addEventListener("submit", say);
+$("chat-form").addEventListener("submit", ask);
 $("interrupt").addEventListener("click", interrupt);
 $("audio-form").addEventListener("submit", upload);
 setConnected(false);
