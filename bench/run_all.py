@@ -22,6 +22,7 @@ BENCHES = {
     "render_fps": ["bench/render_fps.py", "--frames", "500"],
     "e2e": ["bench/e2e.py", "--repeats", "5", "--max_sessions", "6"],
     "wav2lip_speed": ["bench/wav2lip_speed.py"],
+    "chat_latency": ["bench/chat_latency.py", "--repeats", "5"],
 }
 # (bench, key, label, target, better)
 TARGETS = [
@@ -33,6 +34,7 @@ TARGETS = [
     ("e2e", "cpu_idle_session", "server CPU per idle session (cores)", None, "lower"),
     ("e2e", "cpu_speaking_session", "server CPU per speaking session (cores)", None, "lower"),
     ("e2e", "speaking_sessions_at_24fps", "speaking sessions holding 24+ fps", 4, "higher"),
+    ("chat_latency", "clause_to_audio_ms", "LLM's first clause to first speech audio at the client (ms)", 300, "lower"),
 ]
 
 
