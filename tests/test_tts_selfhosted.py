@@ -253,6 +253,30 @@ def test_server_errors_and_bad_audio_are_reported_and_speech_goes_on(run) -> Non
     assert seconds(sink.audio()) > 0.8
 
 
+
+def test_server_dying_mid_sentence_closes_it_and_reports(stand) -> None:
+    if stand.case.tts != "gpt-sovits":
+        pytest.skip("one engine shows it; the path is shared")
+    stand.control.reset()
+    stand.control.failures[:] = ["cut"]
+    sink = Collector()
+    tts = start_tts(stand.engine, sink)
+    try:
+        tts.put_msg_txt("This sentence is cut short. The next one plays.")
+        wait_idle(tts)
+    finally:
+        tts.stop()
+    # What was heard is closed with "end" (the avatar stops talking), then the error follows.
+    assert sink.statuses() == [
+        ("start", "This sentence is cut short."),
+        ("end", "This sentence is cut short."),
+        ("error", "This sentence is cut short."),
+        ("start", "The next one plays."),
+        ("end", "The next one plays."),
+    ]
+    assert "Response payload is not completed" in sink.errors[0]["msg"]
+
+
 def test_refused_connection_is_reported_then_speech_resumes(stand) -> None:
     port = free_port()
     engine = stand.make_engine(f"http://127.0.0.1:{port}")

@@ -200,9 +200,10 @@ class Control:
 
 
 async def stream_http(
-    request: web.Request, control: Control, parts: list[bytes], content_type: str
+    request: web.Request, control: Control, parts: list[bytes], content_type: str, cut: bool = False
 ) -> web.StreamResponse:
-    """Send parts as a chunked response, pausing half-way as the control says."""
+    """Send parts as a chunked response, pausing half-way as the control says; with `cut`,
+    drop the connection half-way instead, as a crashing server does."""
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
@@ -214,6 +215,9 @@ async def stream_http(
     try:
         for i, part in enumerate(parts):
             if i == half and not await control.midway(gone):
+                return resp
+            if i == half and cut and request.transport is not None:
+                request.transport.close()
                 return resp
             await resp.write(part)
             await asyncio.sleep(0)  # let each part leave as its own chunk

@@ -4,7 +4,8 @@ Paths, parameters, validation answers and streamed formats follow each project's
 GPT-SoVITS api_v2.py, coqui xtts-streaming-server, CosyVoice runtime/python/fastapi,
 Fish Speech's API server and IndexTTS2's Gradio web UI. The speech is real (Piper). Each
 records what it was asked in its Control and fails on demand:
-"http500" (an unhandled server error), "garbage" (200 with bytes that are not audio).
+"http500" (an unhandled server error), "garbage" (200 with bytes that are not audio), and for
+GPT-SoVITS "cut" (the connection dropped half-way through the audio).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def sovits_app(control: Control) -> web.Application:
         # The first fragment is preceded by a header with no length; fragments follow as ready.
         header = b"" if failure == "garbage" else wav_header(SOVITS_RATE)
         parts = [header + pcm[:6401], *split_bytes(pcm[6401:], 12801)]
-        return await stream_http(request, control, parts, "audio/wav")
+        return await stream_http(request, control, parts, "audio/wav", cut=failure == "cut")
 
     app = web.Application()
     app.router.add_post("/tts", tts)
