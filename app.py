@@ -26,7 +26,7 @@ from basereal import BaseReal, EventCallback
 from chat import Conversation
 from httpapi import ApiError, extra_fields, ok, optional_bool, parse_sessionid, read_json, require_str
 from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
-from ttsreal import TTSEngine, load_tts_engine
+from ttsreal import TTSEngine, Voice, load_tts_engine
 
 log = logging.getLogger("livetalking")
 
@@ -251,7 +251,7 @@ class LiveTalking:
         if optional_bool(body, "interrupt"):
             await self._interrupt(session)
         if conversation is not None:
-            await self._ask(conversation, text, datainfo)
+            await self._ask(conversation, text, datainfo, voice)
         else:
             session.say(text, datainfo, voice)
         return ok()
@@ -262,9 +262,9 @@ class LiveTalking:
             raise ApiError(400, self.llm_off or f"session {session.sessionid} has no chat")
         return conversation
 
-    async def _ask(self, conversation: Conversation, text: str, datainfo: dict) -> None:
+    async def _ask(self, conversation: Conversation, text: str, datainfo: dict, voice: Voice | None) -> None:
         try:
-            await conversation.ask(text, datainfo)
+            await conversation.ask(text, datainfo, voice)
         except LLMError as exc:
             raise ApiError(exc.status, exc.msg) from None
 

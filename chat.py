@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from llm import ChatBackend, LLMError
 from speakable import PieceSplitter
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 # endpoint that is down is still reported in the /human answer.
 OPEN_WAIT_S = 4.0
 
-Say = Callable[[str, dict], None]
+Say = Callable[[str, dict, Any], None]  # (piece, datainfo, voice): BaseReal.say
 Publish = Callable[[dict], None]
 
 
@@ -66,9 +67,10 @@ class Conversation:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, *self.history, {"role": "user", "content": question}]
 
-    async def ask(self, question: str, datainfo: dict | None = None) -> None:
-        """Answer `question` out loud. Returns once the endpoint accepted it (or at most
-        OPEN_WAIT_S); raises LLMError when it refused, so the caller can say so at once.
+    async def ask(self, question: str, datainfo: dict | None = None, voice: Any = None) -> None:
+        """Answer `question` out loud (in `voice`, passed through to `say`). Returns once the
+        endpoint accepted it (or at most OPEN_WAIT_S); raises LLMError when it refused, so
+        the caller can say so at once.
 
         Asked while another answer is still streaming, the question waits for it and returns
         at once; its failures then arrive as error events.
@@ -79,7 +81,7 @@ class Conversation:
         opened: asyncio.Future[None] = loop.create_future()
         previous = self._tasks[-1] if self._tasks else None
         task = loop.create_task(
-            self._answer(question, dict(datainfo or {}), previous, opened), name=f"llm-{self.sessionid}"
+            self._answer(question, dict(datainfo or {}), voice, previous, opened), name=f"llm-{self.sessionid}"
         )
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
@@ -106,19 +108,19 @@ class Conversation:
         await self.cancel()
 
     async def _answer(
-        self, question: str, datainfo: dict, previous: asyncio.Task | None, opened: asyncio.Future
+        self, question: str, datainfo: dict, voice: Any, previous: asyncio.Task | None, opened: asyncio.Future
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # in order: this question must see that answer
         try:
-            await self._stream_answer(question, datainfo, opened)
+            await self._stream_answer(question, datainfo, voice, opened)
         except LLMError as exc:
             self._fail(exc, datainfo, opened)
         except Exception as exc:  # a bug here must not pass silently nor end the session
             log.exception("session %s: chat failed", self.sessionid)
             self._fail(LLMError(502, f"chat failed: {exc}"), datainfo, opened)
 
-    async def _stream_answer(self, question: str, datainfo: dict, opened: asyncio.Future) -> None:
+    async def _stream_answer(self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future) -> None:
         started = time.perf_counter()
         reply = await self.backend.open(self.messages_for(question), f"{self.sessionid}")
         if not opened.done():
@@ -133,10 +135,10 @@ class Conversation:
                 words.append(delta)
                 for piece in splitter.feed(delta):
                     spoken += 1
-                    self._speak(piece, datainfo, spoken, started)
+                    self._speak(piece, datainfo, voice, spoken, started)
             for piece in splitter.finish():
                 spoken += 1
-                self._speak(piece, datainfo, spoken, started)
+                self._speak(piece, datainfo, voice, spoken, started)
         except asyncio.CancelledError:
             log.info("session %s: LLM answer cancelled after %d pieces", self.sessionid, spoken)
             raise
@@ -148,9 +150,9 @@ class Conversation:
         self._turns.append((question, answer))  # only a whole answer is kept: a cut one was not said
         log.info("session %s: LLM answered %d chars in %.0f ms", self.sessionid, len(answer), _ms(started))
 
-    def _speak(self, piece: str, datainfo: dict, number: int, started: float) -> None:
+    def _speak(self, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
         log.info("session %s: piece %d to TTS after %.0f ms: %r", self.sessionid, number, _ms(started), piece[:80])
-        self._say(piece, datainfo)
+        self._say(piece, datainfo, voice)
 
     def _fail(self, exc: LLMError, datainfo: dict, opened: asyncio.Future | None = None) -> None:
         """Report to the waiting /human call if there is one, else as an error event."""

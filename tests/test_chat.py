@@ -242,6 +242,13 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
             results["drop_event"] = await events.wait_for(
                 lambda e: e["status"] == "error" and e is not results["error_event"], 10
             )
+            # A chat answer speaks in the request's voice: one that does not exist is a TTS error event.
+            fake_llm.script(Script(words("This voice does not exist.")))
+            bad_voice = {"ref_file": "/nonexistent/voice.onnx"}
+            results["bad_voice"] = await post(
+                http, url, {"sessionid": sid, "text": "hi", "type": "chat", "tts": bad_voice, "ticket": 42}
+            )
+            results["tts_error"] = await events.wait_for(lambda e: e["status"] == "error" and e.get("ticket") == 42, 10)
             # The session is unharmed: an echo is spoken, and chat works again.
             await post(http, url, {"sessionid": sid, "text": "Still here.", "type": "echo"})
             results["echo"] = await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "Still here.", 15)
@@ -266,3 +273,5 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
     assert event["source"] == "llm" and "backend overloaded" in event["msg"] and event["ticket"] == 41
     assert "broke" in r["drop_event"]["msg"]
     assert r["chat_again"][0] == 200
+    assert r["bad_voice"][0] == 200
+    assert "voice.onnx" in r["tts_error"]["msg"] and r["tts_error"]["text"] == "This voice does not exist."
