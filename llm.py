@@ -116,7 +116,8 @@ def resolve_endpoint(opt: argparse.Namespace, env: Mapping[str, str] = os.enviro
             f"type 'chat' needs --llm_model: the name of a model that {url} serves "
             "(e.g. qwen2.5:7b for Ollama, the --served-model-name for vLLM)"
         )
-    key = dashscope_key if url == DASHSCOPE_URL and dashscope_key else openai_key or dashscope_key
+    # Each key goes only to its own service: a DashScope key is never sent to another endpoint.
+    key = dashscope_key if "dashscope" in url else openai_key
     # Local servers (Ollama, vLLM, llama.cpp) need no key, but the openai client insists on one.
     return Endpoint(url, model, key or "no-key")
 
