@@ -26,7 +26,7 @@ from basereal import BaseReal, EventCallback
 from chat import Conversation
 from httpapi import ApiError, extra_fields, ok, optional_bool, parse_sessionid, read_json, require_str
 from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
-from ttsreal import TTSEngine, Voice, load_tts_engine
+from ttsreal import TTS_ENGINES, TTSEngine, Voice, load_tts_engine
 
 log = logging.getLogger("livetalking")
 
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
     )
-    p.add_argument("--tts", default="piper", help="TTS engine: piper (offline, default) or espeak")
+    p.add_argument("--tts", default="piper", help=f"TTS engine: {', '.join(TTS_ENGINES)} (default piper, offline)")
     p.add_argument("--REF_FILE", default=None, help="voice: espeak voice name (e.g. cmn) or a piper .onnx voice")
     p.add_argument("--REF_TEXT", default=None, help="text of the reference audio (voice-cloning engines)")
     p.add_argument("--TTS_SERVER", default="http://127.0.0.1:9880", help="self-hosted TTS server address")
@@ -128,6 +128,7 @@ class LiveTalking:
         self.peers: dict[int, RTCPeerConnection] = {}
         self.events: dict[int, events.SessionEvents] = {}
         self.chats: dict[int, Conversation] = {}
+        self._closing: dict[int, asyncio.Future] = {}  # sessions being closed, by id
         self._opening = 0  # sessions being built, counted against --max_session
 
     # --- sessions ----------------------------------------------------------------------------
@@ -142,7 +143,20 @@ class LiveTalking:
             raise ApiError(404, f"no session {sessionid}; open one with POST /offer")
         return session
 
+    def request_close(self, sessionid: int, reason: str) -> asyncio.Future:
+        """Close a session once, however many events ask for it; the task is owned here so
+        shutdown can wait for it."""
+        task = self._closing.get(sessionid)
+        if task is None:
+            task = asyncio.ensure_future(self._close_session(sessionid, reason))
+            self._closing[sessionid] = task
+            task.add_done_callback(lambda _: self._closing.pop(sessionid, None))
+        return task
+
     async def close_session(self, sessionid: int, reason: str) -> None:
+        await self.request_close(sessionid, reason)
+
+    async def _close_session(self, sessionid: int, reason: str) -> None:
         session = self.sessions.pop(sessionid, None)
         pc = self.peers.pop(sessionid, None)
         conversation = self.chats.pop(sessionid, None)
@@ -160,7 +174,9 @@ class LiveTalking:
             hub.close(reason)
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.close_session(sid, "server shutdown") for sid in list(self.peers)))
+        for sid in list(self.peers):
+            self.request_close(sid, "server shutdown")
+        await asyncio.gather(*list(self._closing.values()), return_exceptions=True)
 
     def _new_sessionid(self) -> int:
         while True:
@@ -215,9 +231,7 @@ class LiveTalking:
 
         def close_later(delay: float, reason: str) -> None:
             cancel()
-            timers["close"] = loop.call_later(
-                delay, lambda: asyncio.ensure_future(self.close_session(sessionid, reason))
-            )
+            timers["close"] = loop.call_later(delay, self.request_close, sessionid, reason)
 
         def cancel() -> None:
             timer = timers.pop("close", None)
@@ -227,7 +241,7 @@ class LiveTalking:
         close_later(CONNECT_TIMEOUT_S, "peer never connected")
 
         @pc.on("connectionstatechange")
-        async def on_state() -> None:
+        def on_state() -> None:
             state = pc.connectionState
             log.info("session %s peer %s", sessionid, state)
             if state == "connected":
@@ -236,7 +250,7 @@ class LiveTalking:
                 close_later(DISCONNECT_GRACE_S, "peer vanished")
             elif state in ("failed", "closed"):
                 cancel()
-                await self.close_session(sessionid, f"peer {state}")
+                self.request_close(sessionid, f"peer {state}")
 
     async def human(self, request: web.Request) -> web.Response:
         body = await read_json(request)
