@@ -160,9 +160,11 @@ class BaseReal(ABC):
         return [t for t in threading.enumerate() if t.name.endswith(f"-{self.sessionid}")]
 
     # --- input -----------------------------------------------------------------------------
-    def say(self, text: str, datainfo: dict | None = None, voice: Voice | None = None) -> None:
-        """Queue text to be spoken (echo), in `voice` when given (its fields override the defaults)."""
-        self.tts.put_msg_txt(text, datainfo, voice)
+    def say(self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True) -> None:
+        """Queue text to be spoken, in `voice` when given (its fields override the defaults).
+
+        `opening` False marks a later piece of a streamed answer (see BaseTTS.put_msg_txt)."""
+        self.tts.put_msg_txt(text, datainfo, voice, opening)
 
     def _tts_error(self, event: dict) -> None:
         """A sentence the engine could not speak (TTS worker thread): the client hears of it."""

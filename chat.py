@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # endpoint that is down is still reported in the /human answer.
 OPEN_WAIT_S = 4.0
 
-Say = Callable[[str, dict, Any], None]  # (piece, datainfo, voice): BaseReal.say
+Say = Callable[[str, dict, Any, bool], None]  # (piece, datainfo, voice, opening): BaseReal.say
 Publish = Callable[[dict], None]
 
 
@@ -152,7 +152,8 @@ class Conversation:
 
     def _speak(self, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
         log.info("session %s: piece %d to TTS after %.0f ms: %r", self.sessionid, number, _ms(started), piece[:80])
-        self._say(piece, datainfo, voice)
+        # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
+        self._say(piece, datainfo, voice, False)
 
     def _fail(self, exc: LLMError, datainfo: dict, opened: asyncio.Future | None = None) -> None:
         """Report to the waiting /human call if there is one, else as an error event."""

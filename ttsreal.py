@@ -458,6 +458,7 @@ class _Message:
     text: str | None = None
     audio: np.ndarray | None = None
     voice: Voice | None = None  # this message's voice override
+    opening: bool = True  # starts an utterance: its first clause may be spoken apart
 
 
 ErrorCallback = Callable[[dict], None]
@@ -587,10 +588,17 @@ class BaseTTS:
             self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
             self._thread.start()
 
-    def put_msg_txt(self, text: str, datainfo: dict | None = None, voice: Voice | None = None) -> None:
-        """Queue text to be spoken, in `voice` (fields override the default) if given; returns at once."""
+    def put_msg_txt(
+        self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True
+    ) -> None:
+        """Queue text to be spoken, in `voice` (fields override the default) if given; returns at once.
+
+        `opening`: the text starts an utterance, so an engine that synthesizes whole sentences
+        speaks its first clause apart to start sooner. False for the later pieces of a streamed
+        answer, which arrive already cut and would only gain pauses.
+        """
         if text and text.strip():
-            self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice)))
+            self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice), opening=opening))
 
     def put_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue ready 16 kHz mono speech (an uploaded file), played in order with the text."""
@@ -667,7 +675,7 @@ class BaseTTS:
     def _speak_text(self, msg: _Message) -> None:
         assert msg.text is not None
         sentences = split_sentences(msg.text)
-        if self.engine.whole_sentences:
+        if self.engine.whole_sentences and msg.opening:
             sentences = first_clause_apart(sentences)
         for sentence in sentences:
             if self._abandoned(msg.generation):

@@ -4,6 +4,7 @@ tests can also see the session's threads."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -58,8 +59,17 @@ class RunningServer:
         self.loop.close()
 
 
+# The machine's own LLM settings must not leak into the servers the tests start: tests that
+# need an LLM give it explicitly (a local endpoint), the rest expect none.
+LLM_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY")
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
-    srv = RunningServer(["--max_session", "8"])
+    saved = {name: os.environ.pop(name) for name in LLM_ENV if name in os.environ}
+    try:
+        srv = RunningServer(["--max_session", "8"])
+    finally:
+        os.environ.update(saved)
     yield srv
     srv.stop()

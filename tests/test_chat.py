@@ -98,8 +98,6 @@ def test_chat_without_an_llm_names_the_flags(server):
             await peer.close()
             return status, body
 
-    if server.live.llm is not None:
-        pytest.skip("this environment configures an LLM (OPENAI_API_KEY / OPENAI_BASE_URL / DASHSCOPE_API_KEY)")
     status, body = run(scenario())
     assert status == 400 and body["code"] == -1
     for name in ("--llm_url", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
@@ -190,7 +188,7 @@ def test_interrupt_closes_the_llm_stream_and_forgets_the_answer(chat_server, fak
                 http, url, {"sessionid": sid, "text": "Stop, please.", "type": "chat", "interrupt": True}
             )
             closed_by_new_question = await wait_until(lambda: second_stream.client_closed_at is not None, 2)
-            await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "I will stop.", 10)
+            await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "Fine, I will stop.", 10)
             # A long answer is streaming when the peer leaves: the session ends with no answer left.
             await post(http, url, {"sessionid": sid, "text": "One more story?", "type": "chat"})
             await peer.close()

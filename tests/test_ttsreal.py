@@ -428,3 +428,11 @@ def test_piper_keeps_a_bounded_number_of_requested_voices(tmp_path) -> None:
         pieces = list(engine.synthesize("Hi.", Voice(ref_file=str(onnx))))
         assert pieces and pieces[0][0].size > 0
     assert len(engine._voices) <= 4  # a client cannot make the server keep every voice it names
+
+
+def test_later_pieces_of_a_streamed_answer_are_not_cut_again(piper, run_tts) -> None:
+    sink = Collector()
+    tts = run_tts(piper, sink)
+    tts.put_msg_txt("Well, that depends on the weather.", opening=False)
+    wait_idle(tts)
+    assert [e["text"] for _, e in sink.events if e["status"] == "start"] == ["Well, that depends on the weather."]
