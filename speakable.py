@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 _ENDS = "。！？；…!?;."  # end a sentence (English ones only before a space: 3.14, Dr. Smith)
-_CJK_ENDS = "。！？；…"
+CJK_ENDS = "。！？；…"
 _CLAUSES = ",，、:：;；"
 _ASCII_NEEDS_SPACE = ",:;.!?"  # English punctuation ends a piece only before a space (3,000, 10:30)
-_CLOSERS = "\"')]}’”」』）】》"
+CLOSERS = "\"')]}’”」』）】》"
 FIRST_MIN_LENGTH = 6  # spoken length of a first clause worth a pause ("Sure," waits for more)
 MAX_PIECE = 200  # a piece with no end this long is cut at its last comma or space
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "cf", "al", "fig", "approx", "etc", "no"}
@@ -40,7 +40,7 @@ def clean_piece(text: str) -> str:
     return " ".join(_MARKUP.sub("", text).split())
 
 
-def _period_is_not_an_end(before: str) -> bool:
+def period_is_not_an_end(before: str) -> bool:
     """True when a "." after `before` belongs to an abbreviation, an initial or a list number."""
     words = before.split()
     if not words:
@@ -111,16 +111,16 @@ class PieceSplitter:
             j = i
             while j < len(buf) and buf[j] in _ENDS:
                 j += 1
-            while j < len(buf) and buf[j] in _CLOSERS:
+            while j < len(buf) and buf[j] in CLOSERS:
                 j += 1
             if j == len(buf) and not final:
                 return None  # "..." or a closing quote may follow, and English needs the space
             run = buf[i:j]
-            if any(ch in _CJK_ENDS for ch in run):
+            if any(ch in CJK_ENDS for ch in run):
                 return j  # Chinese punctuation needs no space after it
             if j < len(buf) and not (buf[j].isspace() or is_cjk(buf[j])):
                 return 0  # "3.14", "example.com", "?!" inside a word
-            if run.rstrip(_CLOSERS) == "." and _period_is_not_an_end(buf[:i]):
+            if run.rstrip(CLOSERS) == "." and period_is_not_an_end(buf[:i]):
                 return 0
             return j
         if self._first and c in _CLAUSES:

@@ -28,6 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from audio_util import CHUNK, SAMPLE_RATE, StreamResampler, to_mono_float
+from speakable import CJK_ENDS, CLOSERS, is_cjk, period_is_not_an_end, spoken_length
 
 log = logging.getLogger(__name__)
 
@@ -329,41 +330,11 @@ def load_tts_engine(opt: Any) -> TTSEngine:
 
 # --- sentence splitting ----------------------------------------------------------------------
 
-_CJK_ENDS = "。！？；…"
 _EN_ENDS = ".!?;"
-_CLOSERS = "\"')]}’”」』）】》"
 _SOFT_BREAKS = ",，、:：;"
 _MAX_LEN = 200
 _CLAUSE_BREAKS = ",，、:："
 _MIN_CLAUSE = 3  # letters each side of a first-clause cut; shorter is not worth the pause
-# Words whose trailing period does not end a sentence ("Dr. Smith", "e.g. this").
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "cf", "al", "fig", "approx"}
-
-
-def _is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return (
-        0x3000 <= code <= 0x30FF  # CJK punctuation, kana
-        or 0x3400 <= code <= 0x9FFF  # CJK ideographs
-        or 0xAC00 <= code <= 0xD7AF  # Hangul
-        or 0xFF00 <= code <= 0xFFEF  # full-width forms
-    )
-
-
-def _period_is_not_an_end(before: str) -> bool:
-    """True when a "." after `before` is an abbreviation, initial or list number."""
-    words = before.split()
-    if not words:
-        return True
-    token = words[-1].lstrip("\"'([{“‘")
-    if token.lower() in _ABBREVIATIONS:
-        return True
-    if len(token) == 1 and token.isalpha() and token.isupper():
-        return True  # an initial: "J. R. R. Tolkien"
-    parts = token.split(".")
-    if len(parts) > 1 and all(p.isalpha() and len(p) <= 2 for p in parts):
-        return True  # dotted abbreviation: "e.g", "i.e", "U.S"
-    return len(words) == 1 and token.isdigit()  # "1. Buy milk" at the start of a line
 
 
 def _split_line(line: str) -> list[str]:
@@ -371,22 +342,22 @@ def _split_line(line: str) -> list[str]:
     start = i = 0
     n = len(line)
     while i < n:
-        if line[i] not in _CJK_ENDS and line[i] not in _EN_ENDS:
+        if line[i] not in CJK_ENDS and line[i] not in _EN_ENDS:
             i += 1
             continue
         j = i
-        while j < n and (line[j] in _CJK_ENDS or line[j] in _EN_ENDS):
+        while j < n and (line[j] in CJK_ENDS or line[j] in _EN_ENDS):
             j += 1
-        while j < n and line[j] in _CLOSERS:
+        while j < n and line[j] in CLOSERS:
             j += 1
         run = line[i:j]
-        if any(c in _CJK_ENDS for c in run):
+        if any(c in CJK_ENDS for c in run):
             cut = True  # Chinese punctuation ends a sentence even without a following space
         else:
             # English needs a break after it, so "3.14" and "example.com" stay whole.
-            cut = j == n or line[j].isspace() or _is_cjk(line[j])
-            if cut and run.rstrip(_CLOSERS) == ".":
-                cut = not _period_is_not_an_end(line[start:i])
+            cut = j == n or line[j].isspace() or is_cjk(line[j])
+            if cut and run.rstrip(CLOSERS) == ".":
+                cut = not period_is_not_an_end(line[start:i])
         if cut:
             pieces.append(line[start:j])
             start = j
@@ -437,15 +408,10 @@ def first_clause_apart(sentences: list[str]) -> list[str]:
     for i, ch in enumerate(first):
         if ch in _CLAUSE_BREAKS:
             head, tail = first[: i + 1].strip(), first[i + 1 :].strip()
-            if _spoken_length(head) > _MIN_CLAUSE and _spoken_length(tail) > _MIN_CLAUSE:
+            if spoken_length(head) > _MIN_CLAUSE and spoken_length(tail) > _MIN_CLAUSE:
                 return [head, tail, *sentences[1:]]
             break
     return sentences
-
-
-def _spoken_length(text: str) -> int:
-    """Letters and digits, a Chinese character counting as two (it is a whole syllable)."""
-    return sum(2 if _is_cjk(c) else 1 for c in text if c.isalnum())
 
 
 # --- per-session worker ----------------------------------------------------------------------
