@@ -60,9 +60,10 @@ def render(results: dict[str, dict]) -> str:
     lines = [
         "# Performance",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine_name()}, no GPU by `bench/run_all.py`; each",
-        "figure is a median from one run. The benchmark client runs on the same machine as the",
-        "server and decodes the video it receives, so it takes CPU the server would otherwise have.",
+        f"Measured {datetime.date.today().isoformat()} on {machine_name()}, no GPU, by",
+        "`bench/run_all.py`; each figure is a median from one run. The benchmark client runs on the",
+        "same machine as the server and decodes the video it receives, so it takes CPU the server",
+        "would otherwise have.",
         "",
         "| figure | value | target | |",
         "| --- | --- | --- | --- |",
@@ -73,10 +74,32 @@ def render(results: dict[str, dict]) -> str:
             shown = "" if target is None else (f"<= {target}" if better == "lower" else
                                               f">= {target}" if better == "higher" else f"within +-{target}")
             lines.append(f"| {label} | {value} | {shown} | {verdict(value, target, better)} |")
+    lines += wav2lip_table(results.get("wav2lip_speed"))
     lines += ["", "## Raw results", ""]
     for name, result in results.items():
         lines += [f"### {name}", "", "```json", json.dumps(result, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def wav2lip_table(result: dict | None) -> list[str]:
+    """Frames per second of the plain eager fp32 forward against the project's path, per batch."""
+    if not result:
+        return []
+    lines = [
+        "",
+        f"## Wav2Lip 256 on {result.get('device', 'cpu')} ({result.get('threads')} threads), random weights",
+        "",
+        "| batch | plain eager fp32 fps | project path fps | speed-up |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in result.get("results", []):
+        paths = [k for k in row if k.startswith("speedup_")]
+        best = max(paths, key=lambda k: row[k]) if paths else None
+        if best is None:
+            continue
+        name = best.removeprefix("speedup_")
+        lines.append(f"| {row['batch']} | {row['plain']['fps']} | {row[name]['fps']} ({name}) | {row[best]}x |")
+    return lines
 
 
 def main() -> None:
