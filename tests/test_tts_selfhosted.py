@@ -254,9 +254,8 @@ def test_server_errors_and_bad_audio_are_reported_and_speech_goes_on(run) -> Non
 
 
 
+@pytest.mark.parametrize("stand", ["gpt-sovits"], indirect=True)  # one engine shows it: the path is shared
 def test_server_dying_mid_sentence_closes_it_and_reports(stand) -> None:
-    if stand.case.tts != "gpt-sovits":
-        pytest.skip("one engine shows it; the path is shared")
     stand.control.reset()
     stand.control.failures[:] = ["cut"]
     sink = Collector()
@@ -303,10 +302,9 @@ def test_refused_connection_is_reported_then_speech_resumes(stand) -> None:
     ("ref_file", "words"),
     [("/no/such/voice.wav", "cannot read reference audio"), ("/etc/passwd", "must be one of .wav")],
 )
+@pytest.mark.parametrize("stand", [n for n, c in CASES.items() if c.uploads_reference], indirect=True)
 def test_unusable_reference_audio_is_an_error_not_an_upload(run, ref_file, words) -> None:
     stand, sink, tts = run
-    if not stand.case.uploads_reference:
-        pytest.skip("the server reads the reference path itself")
     tts.put_msg_txt("Who am I?", voice=Voice(ref_file=ref_file))
     tts.put_msg_txt("Still here.")
     wait_idle(tts)
