@@ -9,6 +9,7 @@ the BatchNorm folding does real work. Variants, all run on the same inputs:
     folded   BatchNorm folded + channels_last (CPU) or fp16 (CUDA), eager ops, inference_mode
     project  what wav2lip.checkpoint.load_model returns: on CPU, folded + channels_last with each
              conv block one oneDNN call (add and ReLU fused, weights packed once); on CUDA, fp16
+    project_bf16  the same in bfloat16 (load_model(..., cpu_bf16=True)), on CPUs that have it
 
 Runs of the variants alternate, so load from other processes hits all of them alike. Each run
 records the process's CPU time over wall time: a run whose share is below 90% of the threads
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from wav2lip.checkpoint import prepare
+    from wav2lip.checkpoint import cpu_has_bf16, prepare
     from wav2lip.random_init import random_wav2lip
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not cpu:
         variants.pop(1)  # on CUDA the project's model is the folded fp16 one
+    elif cpu_has_bf16():
+        bf16 = prepare(copy.deepcopy(base), device, cpu_bf16=True)
+        variants.append(Variant("project_bf16", bf16, torch.bfloat16, True, torch.inference_mode))
 
     def sync() -> None:
         if not cpu:

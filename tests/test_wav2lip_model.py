@@ -14,6 +14,7 @@ from torch import nn
 from wav2lip import onednn
 from wav2lip.checkpoint import (
     CheckpointMismatch,
+    cpu_has_bf16,
     fuse_batchnorm,
     load_model,
     prepare,
@@ -315,3 +316,16 @@ def test_training_extras_with_numpy_scalars_load_but_pickled_code_does_not(tmp_p
     with pytest.raises(ValueError, match="cannot read checkpoint .* as PyTorch weights") as err:
         read_state_dict(path)
     assert "weights_only" not in str(err.value)  # torch's advice to disable the check is not passed on
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="no native bfloat16 on this CPU")
+def test_cpu_bf16_model_stays_close_to_fp32(plain: Wav2Lip256) -> None:
+    model = prepare(copy.deepcopy(plain), "cpu", cpu_bf16=True)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    rng = np.random.default_rng(5)
+    faces = rng.integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    mel = rng.uniform(-4, 4, (1, 80, 16)).astype(np.float32)
+    fp32 = predict(prepare(copy.deepcopy(plain), "cpu"), mel, faces).astype(np.float32)
+    err = np.abs(predict(model, mel, faces).astype(np.float32) - fp32)
+    assert err.mean() < 3.0 and err.max() < 25.0  # grey levels of 255
+    assert err.max() > 0  # really computed in another precision

@@ -30,7 +30,8 @@ def make_inputs(model: nn.Module, mel: np.ndarray, faces: np.ndarray) -> tuple[t
     masked = ref.clone()
     masked[:, IMG_SIZE // 2 :] = 0
     # NHWC uint8 -> NCHW view with channels_last strides: no copy, and the layout oneDNN wants.
-    face = torch.cat((masked, ref), dim=3).permute(0, 3, 1, 2).to(dtype).div_(255.0)
+    # Scaled in fp32 and only then cast, so a bf16/fp16 model sees the nearest value to x/255.
+    face = torch.cat((masked, ref), dim=3).permute(0, 3, 1, 2).float().div_(255.0).to(dtype)
     mel_t = torch.from_numpy(mel).to(device=device, dtype=dtype)
     if device.type == "cpu":
         face = face.contiguous(memory_format=torch.channels_last)

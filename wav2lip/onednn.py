@@ -44,7 +44,7 @@ class FusedConvBlock(nn.Module):
         self.dilation = list(conv.dilation)
         self.output_padding = list(conv.output_padding) if self.transpose else [0, 0]
         self.groups = conv.groups
-        weight = conv.weight.detach().float().contiguous()
+        weight = conv.weight.detach().contiguous()
         ops = torch.ops.mkldnn
         # oneDNN picks the packed layout for an input size; without one its default layout was
         # slower than eager PyTorch at batch 1 (measured), with one it is faster at every batch.
@@ -58,7 +58,7 @@ class FusedConvBlock(nn.Module):
             )
         self.packed_weight = packed  # an opaque oneDNN tensor: deliberately not a parameter
         # The bias stays a parameter so that callers can still ask the model for its device/dtype.
-        self.bias = nn.Parameter(conv.bias.detach().float().clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = torch.ops.mkldnn
@@ -79,7 +79,7 @@ class FusedConvBlock(nn.Module):
 
 
 def fuse_onednn(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
-    """Replace every conv block of a folded fp32 CPU model by a FusedConvBlock (in place); returns it.
+    """Replace every conv block of a folded CPU model (fp32 or bf16) by a FusedConvBlock, in place; returns it.
 
     `example`: inputs for one forward pass that records each block's input size, so that the
     weights are packed for it (any batch size still works afterwards).
