@@ -49,6 +49,19 @@ def run(name: str) -> dict | None:
     return json.loads(out[out.index("{") :])
 
 
+NOTES = [
+    "- Latencies are taken at the receiving aiortc peer on packet arrival (its 80 ms audio",
+    "  prefetch is turned off, as video has none); a browser adds its own playout delay to both.",
+    "- Sessions at 24+ fps: every session speaks a long text at once; the figure is the smallest",
+    "  per-session rate of freshly rendered frames (repeats excluded) over 5 s, from `/stats`.",
+    "- No GPU machine was lent to this task, so there are no GPU figures yet; `bench/wav2lip_speed.py",
+    "  --device cuda` records them (fp16) where one is available.",
+    "- Wav2Lip 256 renders 3-4 frames per second on these two cores: a real session then repeats",
+    "  frames and renders every n-th one, while its sound stays continuous (tests/test_slow_model.py).",
+    "  The bfloat16 path is opt-in (`cpu_bf16`) and used only on CPUs that compute it natively.",
+]
+
+
 def verdict(value: float, target: float | None, better: str) -> str:
     if target is None:
         return ""
@@ -75,30 +88,38 @@ def render(results: dict[str, dict]) -> str:
                                               f">= {target}" if better == "higher" else f"within +-{target}")
             lines.append(f"| {label} | {value} | {shown} | {verdict(value, target, better)} |")
     lines += wav2lip_table(results.get("wav2lip_speed"))
-    lines += ["", "## Raw results", ""]
+    lines += ["", "## Reading these figures", "", *NOTES, "", "## Raw results", ""]
     for name, result in results.items():
         lines += [f"### {name}", "", "```json", json.dumps(result, indent=2), "```", ""]
     return "\n".join(lines)
 
 
 def wav2lip_table(result: dict | None) -> list[str]:
-    """Frames per second of the plain eager fp32 forward against the project's path, per batch."""
+    """Frames per second of the plain eager fp32 forward against the project's default path
+    (BatchNorm folded, oneDNN, fp32) and, where measured, its opt-in bfloat16 variant."""
     if not result:
         return []
+    rows = result.get("results", [])
+    has_bf16 = any("project_bf16" in row for row in rows)
     lines = [
         "",
         f"## Wav2Lip 256 on {result.get('device', 'cpu')} ({result.get('threads')} threads), random weights",
         "",
-        "| batch | plain eager fp32 fps | project path fps | speed-up |",
-        "| --- | --- | --- | --- |",
+        "| batch | plain eager fp32 fps | project fp32 fps | speed-up | max abs diff |"
+        + (" bf16 fps | bf16 speed-up | bf16 max abs diff |" if has_bf16 else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if has_bf16 else ""),
     ]
-    for row in result.get("results", []):
-        paths = [k for k in row if k.startswith("speedup_")]
-        best = max(paths, key=lambda k: row[k]) if paths else None
-        if best is None:
+    for row in rows:
+        if "project" not in row:
             continue
-        name = best.removeprefix("speedup_")
-        lines.append(f"| {row['batch']} | {row['plain']['fps']} | {row[name]['fps']} ({name}) | {row[best]}x |")
+        line = (
+            f"| {row['batch']} | {row['plain']['fps']} | {row['project']['fps']} | {row['speedup_project']}x"
+            f" | {row['project']['max_abs_diff_vs_plain']:.1e} |"
+        )
+        if has_bf16 and "project_bf16" in row:
+            bf16 = row["project_bf16"]
+            line += f" {bf16['fps']} | {row['speedup_project_bf16']}x | {bf16['max_abs_diff_vs_plain']:.3f} |"
+        lines.append(line)
     return lines
 
 
