@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--avatar_root", default=None, help="where avatar folders live (default data/avatars)")
     p.add_argument("--model_path", default=None, help="checkpoint file (default models/wav2lip.pth for wav2lip)")
     p.add_argument(
+        "--cpu_bf16", action="store_true",
+        help="wav2lip on a CPU with native bfloat16: about 2x faster, pixels differ by about 1/255",
+    )
+    p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
     )
     p.add_argument("--tts", default="piper", help=f"TTS engine: {', '.join(TTS_ENGINES)} (default piper, offline)")

@@ -144,7 +144,7 @@ class LipReal(BaseReal):
     def load_model(cls, opt: argparse.Namespace) -> nn.Module:
         path = Path(opt.model_path) if getattr(opt, "model_path", None) else MODEL_ROOT / cls.default_model_file
         started = time.perf_counter()
-        model = load_model(path)
+        model = load_model(path, cpu_bf16=bool(getattr(opt, "cpu_bf16", False)))
         device = next(model.parameters()).device
         log.info("wav2lip weights %s loaded on %s in %.1fs", path, device, time.perf_counter() - started)
         return model
