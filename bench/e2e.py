@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from machine import machine_name  # noqa: E402
+from waiting import post_json, wait_until  # noqa: E402
 
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import mouth_change, sway_box  # noqa: E402
@@ -77,20 +78,6 @@ class Server:
         self.proc.wait(10)
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
-    async with http.post(url, json=body) as resp:
-        return await resp.json()
-
-
-async def until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return False
-
-
 def rest_pose(peer: LivePeer) -> np.ndarray:
     return peer.video[-1].mouth
 
@@ -99,9 +86,9 @@ async def latency_round(srv: Server, http: aiohttp.ClientSession, peer: LivePeer
     await asyncio.sleep(1.0)  # idle, so the round starts from silence
     rest = rest_pose(peer)
     sent = time.monotonic()
-    await post(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": "Hello, how are you?"})
-    await until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
-    await until(
+    await post_json(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": "Hello, how are you?"})
+    await wait_until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
+    await wait_until(
         lambda: any(mouth_change(v.mouth, rest) > MOUTH_MOVED for v in peer.video_since(sent)), 10
     )
     first_audio = next(a.arrival for a in peer.audio_since(sent) if a.rms > SPEECH_RMS)
@@ -118,11 +105,11 @@ async def latency_round(srv: Server, http: aiohttp.ClientSession, peer: LivePeer
 
 async def interrupt_round(srv: Server, http: aiohttp.ClientSession, peer: LivePeer) -> float:
     sent = time.monotonic()
-    await post(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": LONG_TEXT})
-    await until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
+    await post_json(http, srv.url + "/human", {"sessionid": peer.sessionid, "text": LONG_TEXT})
+    await wait_until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)), 10)
     await asyncio.sleep(1.0)
     asked = time.monotonic()
-    await post(http, srv.url + "/interrupt_talk", {"sessionid": peer.sessionid})
+    await post_json(http, srv.url + "/interrupt_talk", {"sessionid": peer.sessionid})
     await asyncio.sleep(1.5)
     loud = [a.arrival for a in peer.audio_since(asked) if a.rms > SPEECH_RMS]
     return (max(loud) - asked) * 1000 if loud else 0.0
@@ -148,7 +135,7 @@ async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) ->
 
 async def keep_talking(http: aiohttp.ClientSession, srv: Server, peers: list[LivePeer]) -> None:
     for p in peers:
-        await post(http, srv.url + "/human", {"sessionid": p.sessionid, "text": LONG_TEXT, "interrupt": True})
+        await post_json(http, srv.url + "/human", {"sessionid": p.sessionid, "text": LONG_TEXT, "interrupt": True})
 
 
 async def main_async(args: argparse.Namespace) -> dict:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from waiting import post_json as post
+from waiting import wait_until
 
 from conftest import RunningServer
 from fakellm import FakeLLM, Script
@@ -58,11 +60,6 @@ def fresh_script(fake_llm: FakeLLM) -> None:
     fake_llm.default = Script()
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict]:
-    async with http.post(url, json=body) as resp:
-        return resp.status, await resp.json()
-
-
 async def open_session(server: RunningServer, http: aiohttp.ClientSession, media: bool = True):
     """A connected peer and one /sse listener of its session."""
     peer = LivePeer(server.url, sway_box())
@@ -72,15 +69,6 @@ async def open_session(server: RunningServer, http: aiohttp.ClientSession, media
     events = SseClient(f"{server.url}/sse?sessionid={peer.sessionid}")
     await events.connect(http)
     return peer, events
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 def spoken(events: SseClient) -> list[tuple[str, str]]:

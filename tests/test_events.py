@@ -8,6 +8,8 @@ import json
 import time
 
 import aiohttp
+from waiting import post_json as post
+from waiting import wait_until
 
 from events import SessionEvents
 from livepeer import LivePeer
@@ -19,20 +21,6 @@ SPEECH_RMS = 0.02
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict]:
-    async with http.post(url, json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 def test_sse_fans_out_in_order_with_attached_fields_and_closes_with_the_session(server):

@@ -10,6 +10,7 @@ import time
 import aiohttp
 import numpy as np
 import soundfile as sf
+from waiting import post_json, wait_until
 
 from livepeer import LivePeer
 from portrait_geometry import mouth_change as crop_change
@@ -36,19 +37,9 @@ async def connected_peer(server, http: aiohttp.ClientSession) -> LivePeer:
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: dict) -> dict:
-    async with http.post(url, json=body) as resp:
-        reply = await resp.json()
-        assert resp.status == 200, reply
-        return reply
-
-
-async def wait_until(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
+    status, reply = await post_json(http, url, body)
+    assert status == 200, reply
+    return reply
 
 
 def test_video_at_25fps_and_audio_at_50_packets_per_second(server):
