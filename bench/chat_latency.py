@@ -30,8 +30,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from e2e import Server, until  # noqa: E402
+from e2e import Server  # noqa: E402
 from machine import machine_name  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from fakellm import FakeLLM, Script  # noqa: E402
 from livepeer import LivePeer  # noqa: E402
@@ -66,13 +67,13 @@ async def chat_round(
     body = {"sessionid": peer.sessionid, "text": "What is the capital of France?", "type": "chat", "interrupt": True}
     async with http.post(srv.url + "/human", json=body) as resp:
         assert resp.status == 200, await resp.text()
-    heard = await until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(asked)), 15)
+    heard = await wait_until(lambda: any(a.rms > SPEECH_RMS for a in peer.audio_since(asked)), 15)
     assert heard, "no speech after the chat question"
     first_audio = next(a.arrival for a in peer.audio_since(asked) if a.rms > SPEECH_RMS)
     first_sound = next(a.arrival for a in peer.audio_since(asked) if a.rms > SOUND_RMS)
-    await until(lambda: any(e["status"] == "start" and e["_at"] >= asked for e in sse.events), 5)
+    await wait_until(lambda: any(e["status"] == "start" and e["_at"] >= asked for e in sse.events), 5)
     start_event = next(e["_at"] for e in sse.events if e["status"] == "start" and e["_at"] >= asked)
-    await until(lambda: answer_over(sse, asked), 60)
+    await wait_until(lambda: answer_over(sse, asked), 60)
     result = {
         "question_to_audio_ms": (first_audio - asked) * 1000,
         "start_event_minus_first_sound_ms": (start_event - first_sound) * 1000,
