@@ -73,3 +73,16 @@ def server() -> Iterator[RunningServer]:
         os.environ.update(saved)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def running_tts(stand) -> Iterator[tuple]:
+    """A started TTS worker on the module's engine stand-in (each TTS engine module defines
+    `stand`), with a collecting sink; stopped after the test."""
+    from tts_local import Collector, start_tts
+
+    stand.control.reset()
+    sink = Collector()
+    tts = start_tts(stand.engine, sink)
+    yield stand, sink, tts
+    tts.stop()

@@ -106,18 +106,11 @@ def stand(request) -> Iterator[Stand]:
     stand.server.stop()
 
 
-@pytest.fixture
-def run(stand) -> Iterator[tuple[Stand, Collector, object]]:
-    stand.control.reset()
-    sink = Collector()
-    tts = start_tts(stand.engine, sink)
-    yield stand, sink, tts
-    tts.stop()
 
 
 
-def test_speech_streams_before_the_service_is_done(run, caplog) -> None:
-    stand, sink, tts = run
+def test_speech_streams_before_the_service_is_done(running_tts, caplog) -> None:
+    stand, sink, tts = running_tts
     caplog.set_level(logging.INFO, logger="ttsreal")
     stand.control.hold = True
     tts.put_msg_txt(TEXT)
@@ -166,8 +159,8 @@ def check_request(name: str, req: dict) -> None:
 
 
 @pytest.mark.parametrize("stand", ["edgetts"], indirect=True)
-def test_edge_sends_the_long_voice_name(run) -> None:
-    stand, sink, tts = run
+def test_edge_sends_the_long_voice_name(running_tts) -> None:
+    stand, sink, tts = running_tts
     tts.put_msg_txt("Names & <tags> are escaped.")
     wait_idle(tts)
     (req,) = stand.control.requests
@@ -175,8 +168,8 @@ def test_edge_sends_the_long_voice_name(run) -> None:
     assert req["text"] == "Names & <tags> are escaped."
 
 
-def test_voice_override_applies_to_that_message_only(run) -> None:
-    stand, sink, tts = run
+def test_voice_override_applies_to_that_message_only(running_tts) -> None:
+    stand, sink, tts = running_tts
     tts.put_msg_txt("Spoken in another voice.", voice=Voice(ref_file=stand.case.other_voice))
     tts.put_msg_txt("Back to the default voice.")
     wait_idle(tts)
@@ -185,8 +178,8 @@ def test_voice_override_applies_to_that_message_only(run) -> None:
     assert voices == [stand.case.other_voice, stand.case.default_voice]
 
 
-def test_interrupt_closes_the_connection_in_flight(run) -> None:
-    stand, sink, tts = run
+def test_interrupt_closes_the_connection_in_flight(running_tts) -> None:
+    stand, sink, tts = running_tts
     stand.control.hold = True
     tts.put_msg_txt(TEXT)
     assert sink.wait_for(lambda s: len(s.chunks) >= 5)
@@ -203,8 +196,8 @@ def test_interrupt_closes_the_connection_in_flight(run) -> None:
     assert sink.statuses()[-1] == ("end", "Speaking again after the interrupt.")
 
 
-def test_service_errors_and_bad_audio_are_reported_and_speech_goes_on(run) -> None:
-    stand, sink, tts = run
+def test_service_errors_and_bad_audio_are_reported_and_speech_goes_on(running_tts) -> None:
+    stand, sink, tts = running_tts
     stand.control.failures[:] = ["http500", "garbage"]
     tts.put_msg_txt("The first sentence fails. The second is noise. The third one plays.")
     wait_idle(tts)

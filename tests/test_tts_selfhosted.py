@@ -123,18 +123,11 @@ def stand(request, refs) -> Iterator[Stand]:
     stand.server.stop()
 
 
-@pytest.fixture
-def run(stand) -> Iterator[tuple[Stand, Collector, object]]:
-    stand.control.reset()
-    sink = Collector()
-    tts = start_tts(stand.engine, sink)
-    yield stand, sink, tts
-    tts.stop()
 
 
 
-def test_speech_streams_before_the_server_is_done(run, caplog) -> None:
-    stand, sink, tts = run
+def test_speech_streams_before_the_server_is_done(running_tts, caplog) -> None:
+    stand, sink, tts = running_tts
     caplog.set_level(logging.INFO, logger="ttsreal")
     stand.control.hold = True  # the server stops half-way until the test has seen audio
     tts.put_msg_txt(TEXT, {"msg_id": 7})
@@ -183,8 +176,8 @@ def check_request(stand: Stand, req: dict) -> None:
         assert req["prompt_name"] == "ref_a.wav"
 
 
-def test_voice_override_applies_to_that_message_only(run) -> None:
-    stand, sink, tts = run
+def test_voice_override_applies_to_that_message_only(running_tts) -> None:
+    stand, sink, tts = running_tts
     b = stand.refs["b"]
     tts.put_msg_txt("Spoken in another voice.", voice=Voice(ref_file=b, ref_text=REF_B_TEXT))
     tts.put_msg_txt("Only the file changes here.", voice=Voice(ref_file=b))
@@ -202,8 +195,8 @@ def test_voice_override_applies_to_that_message_only(run) -> None:
         assert sorted(set(clones)) == sorted(clones)
 
 
-def test_interrupt_closes_the_request_in_flight(run) -> None:
-    stand, sink, tts = run
+def test_interrupt_closes_the_request_in_flight(running_tts) -> None:
+    stand, sink, tts = running_tts
     stand.control.hold = True
     tts.put_msg_txt(TEXT)
     assert sink.wait_for(lambda s: len(s.chunks) >= 5)
@@ -235,8 +228,8 @@ ERROR_WORDS = {
 }
 
 
-def test_server_errors_and_bad_audio_are_reported_and_speech_goes_on(run) -> None:
-    stand, sink, tts = run
+def test_server_errors_and_bad_audio_are_reported_and_speech_goes_on(running_tts) -> None:
+    stand, sink, tts = running_tts
     stand.control.failures[:] = ["http500", "garbage"]
     tts.put_msg_txt("The first sentence fails. The second is noise. The third one plays.", {"msg_id": 3})
     wait_idle(tts)
@@ -303,8 +296,8 @@ def test_refused_connection_is_reported_then_speech_resumes(stand) -> None:
     [("/no/such/voice.wav", "cannot read reference audio"), ("/etc/passwd", "must be one of .wav")],
 )
 @pytest.mark.parametrize("stand", [n for n, c in CASES.items() if c.uploads_reference], indirect=True)
-def test_unusable_reference_audio_is_an_error_not_an_upload(run, ref_file, words) -> None:
-    stand, sink, tts = run
+def test_unusable_reference_audio_is_an_error_not_an_upload(running_tts, ref_file, words) -> None:
+    stand, sink, tts = running_tts
     tts.put_msg_txt("Who am I?", voice=Voice(ref_file=ref_file))
     tts.put_msg_txt("Still here.")
     wait_idle(tts)

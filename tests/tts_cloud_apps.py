@@ -45,6 +45,21 @@ async def _watch_close(ws: web.WebSocketResponse, control: Control, closed: asyn
     closed.set()
 
 
+async def _answer(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    control: Control,
+    messages: list,
+    closed: asyncio.Event,
+    watcher: asyncio.Future,
+) -> None:
+    """Send a whole answer; when the client stayed to the end, mark it finished and close."""
+    if await _send_held(request, ws, control, messages, closed):
+        control.finished.set()
+        await ws.close()
+    watcher.cancel()
+
+
 async def _send_held(
     request: web.Request, ws: web.WebSocketResponse, control: Control, messages: list, closed: asyncio.Event
 ) -> bool:
@@ -135,10 +150,7 @@ def edge_app(control: Control) -> web.Application:
         messages += [_edge_text("response", '{"context":{"serviceTag":"test"},"audio":{"type":"inline"}}', request_id)]
         messages += [_edge_audio(request_id, part) for part in split_bytes(audio, 2881)]
         messages += [_edge_audio(request_id, b"", content_type=False), _edge_text("turn.end", "{}", request_id)]
-        if await _send_held(request, ws, control, messages, closed):
-            control.finished.set()
-            await ws.close()
-        watcher.cancel()
+        await _answer(request, ws, control, messages, closed, watcher)
         return ws
 
     app = web.Application()
@@ -224,10 +236,7 @@ def doubao_app(control: Control) -> web.Application:
         messages = [_doubao_frame(0xB, 0, b"")]  # acknowledgement without audio
         messages += [_doubao_frame(0xC, 0, len(metadata).to_bytes(4, "big") + metadata, compression=1, serialization=1)]
         messages += [_doubao_audio(i + 1 if i < len(parts) - 1 else -(i + 1), part) for i, part in enumerate(parts)]
-        if await _send_held(request, ws, control, messages, closed):
-            control.finished.set()
-            await ws.close()
-        watcher.cancel()
+        await _answer(request, ws, control, messages, closed, watcher)
         return ws
 
     app = web.Application()
