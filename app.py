@@ -341,6 +341,7 @@ class LiveTalking:
                 "slots_missed": s.player.slots_missed,
                 "frames_fresh": s.player.frames_fresh,
                 "frames_repeated": s.player.frames_repeated,
+                "idle_units_dropped": s.player.idle_units_dropped,
                 "frames_sent": s.player.frames_sent,
                 "audio_packets_sent": s.player.audio_packets_sent,
             }

@@ -156,9 +156,6 @@ class BaseReal(ABC):
                     log.error("session %s: %s did not stop within %.1fs", self.sessionid, thread.name, timeout)
         log.info("session %s closed", self.sessionid)
 
-    def threads(self) -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.endswith(f"-{self.sessionid}")]
-
     # --- input -----------------------------------------------------------------------------
     def say(self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True) -> None:
         """Queue text to be spoken, in `voice` when given (its fields override the defaults).

@@ -131,10 +131,6 @@ class HumanPlayer:
             self._units.clear()
             self._cond.notify_all()
 
-    def queued(self) -> int:
-        with self._cond:
-            return len(self._units)
-
     def slots_until(self, unit: Unit) -> int | None:
         """How many slots before `unit` plays; None once it is gone."""
         with self._cond:
@@ -152,10 +148,6 @@ class HumanPlayer:
             self._cond.notify_all()
         self.audio.stop()
         self.video.stop()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # --- track side (event loop) ---------------------------------------------------------
     def slot_deadline(self, slot: float) -> float:
