@@ -1,0 +1,106 @@
+"""The session pipeline's own mechanisms, checked directly: the ASR window and the player."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from baseasr import CHUNK, SILENCE, AudioFrame, BaseASR
+from webrtc import HumanPlayer, Unit
+
+
+class WindowASR(BaseASR):
+    """Features = the window's own audio, so tests can see exactly what each batch saw."""
+
+    def features(self, chunks: np.ndarray, left: int, right: int, n_frames: int) -> np.ndarray:
+        return chunks.copy()
+
+
+def speech(value: float) -> np.ndarray:
+    return np.full(CHUNK, value, dtype=np.float32)
+
+
+def test_speech_replaces_filler_lookahead_instead_of_waiting_behind_it():
+    asr = WindowASR(left=2, right=10)
+    frames, feats = asr.get_batch(2)  # idle: the look-ahead is now 10 frames of filler
+    assert feats is None and not any(f.speech for f in frames)
+    for i in range(20):
+        asr.put_audio_frame(speech(0.1 + i / 100))
+    frames, feats = asr.get_batch(2)
+    # The very next batch starts with the speech: the 200 ms of filler ahead of it are dropped.
+    assert all(f.speech for f in frames)
+    assert frames[0].samples[0] == np.float32(0.1)
+    assert feats.shape == (2 + 4 + 10, CHUNK)
+
+
+def test_left_context_starts_as_silence_and_then_follows_the_audio():
+    asr = WindowASR(left=3, right=1)
+    for i in range(6):
+        asr.put_audio_frame(speech(i + 1.0))
+    _, feats = asr.get_batch(1)
+    assert (feats[:3] == 0).all()  # warm-up: silence on the left
+    assert [row[0] for row in feats[3:]] == [1.0, 2.0, 3.0]
+    _, feats = asr.get_batch(1)
+    assert [row[0] for row in feats] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_flush_drops_queued_speech_and_frames_from_before_it():
+    asr = WindowASR(left=0, right=0)
+    epoch = asr.epoch
+    asr.put_audio_frame(speech(0.5))
+    asr.flush()
+    # A producer that decided to speak before the flush but got its frame in after it.
+    asr.put_audio_frame(speech(0.7), epoch=epoch)
+    frames, feats = asr.get_batch(1)
+    assert feats is None and not any(f.speech for f in frames)
+    asr.put_audio_frame(speech(0.9))
+    frames, _ = asr.get_batch(1)
+    assert frames[0].speech and frames[0].samples[0] == np.float32(0.9)
+
+
+def unit(tag: float, is_speech: bool) -> Unit:
+    frame = AudioFrame(speech(tag), True) if is_speech else SILENCE
+    return Unit(np.full((2, 2, 3), int(tag * 100), np.uint8), (frame, frame))
+
+
+def test_both_tracks_get_the_same_unit_for_a_slot_whichever_asks_first():
+    player = HumanPlayer(capacity=8)
+    units = [unit(i / 10, True) for i in range(5)]
+    for u in units:
+        player.push(u)
+    # The video track runs ahead to slot 3; the audio track, behind, then asks for slots 0..3.
+    assert player.unit_for_slot(3) is units[3]
+    assert [player.unit_for_slot(s) for s in range(4)] == units[:4]
+    assert player.unit_for_slot(4) is units[4]
+    assert player.unit_for_slot(5) is None  # nothing rendered for it: a gap, not a shift
+    assert player.slots_missed == 1 and player.slots_played == 5
+
+
+def test_waiting_speech_drops_idle_units_but_never_speech():
+    player = HumanPlayer(capacity=6)
+    queued = [unit(0.1, True), unit(0.2, True)] + [unit(0, False) for _ in range(4)]
+    for u in queued:
+        player.push(u)
+    assert not player.wait_for_room(4, timeout=0.01)  # full, and nothing urgent
+    assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    assert [player.unit_for_slot(s) for s in range(2)] == queued[:2]  # the speech stays, next
+    assert player.unit_for_slot(2) is None
+    assert player.idle_units_dropped == 4 and all(u.gone for u in queued[2:])
+
+
+def test_preemption_of_an_idle_queue_keeps_one_unit_so_playback_never_runs_dry():
+    player = HumanPlayer(capacity=6)
+    queued = [unit(0, False) for _ in range(6)]
+    for u in queued:
+        player.push(u)
+    assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    assert player.unit_for_slot(0) is queued[0]
+    assert player.idle_units_dropped == 5
+
+
+def test_preemption_keeps_as_many_idle_units_as_rendering_needs():
+    player = HumanPlayer(capacity=8)
+    for _ in range(8):
+        player.push(unit(0, False))
+    player.preempt_keep = 5  # a slow model needs 5 slots to render the speech's first batch
+    assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    assert player.idle_units_dropped == 3
