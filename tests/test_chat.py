@@ -182,19 +182,26 @@ def test_interrupt_closes_the_llm_stream_and_forgets_the_answer(chat_server, fak
             await peer.close()
             await events.wait_for(lambda e: e["status"] == "closed", 10)
             await events.close()
+            # The fake server learns of the close at its next write, up to one chunk interval later.
+            closed_with_session = await wait_until(lambda: fake_llm.streams[-1].client_closed_at is not None, 2)
             answers_left = [t for t in asyncio.all_tasks(chat_server.loop) if t.get_name() == f"llm-{sid}"]
             threads_left = [t.name for t in threading.enumerate() if t.name.endswith(f"-{sid}")]
             left = sid in chat_server.live.chats or answers_left or threads_left
-            return closed_by_interrupt, loud_after, closed_by_new_question, first_stream, second_stream, status, left
+            return (
+                closed_by_interrupt, loud_after, closed_by_new_question, first_stream, second_stream, status,
+                closed_with_session, left,
+            )
 
-    closed_by_interrupt, loud_after, closed_by_new_question, first, second, status, left = run(scenario())
+    closed_by_interrupt, loud_after, closed_by_new_question, first, second, status, closed_with_session, left = run(
+        scenario()
+    )
     assert closed_by_interrupt and not first.done, "interrupt did not close the LLM stream"
     assert not loud_after, "speech went on after the interrupt"
     assert status == 200
     assert closed_by_new_question and not second.done, "interrupt: true did not close the stream in flight"
     # Neither cancelled answer (nor its question) is in the history of the next request.
     assert [m["content"] for m in fake_llm.requests[-2]["messages"][1:]] == ["Stop, please."]
-    assert fake_llm.streams[-1].client_closed_at is not None, "closing the session left the LLM streaming"
+    assert closed_with_session, "closing the session left the LLM streaming"
     assert not left, "the session left an answer, its conversation or a thread behind"
 
 
