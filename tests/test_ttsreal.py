@@ -409,8 +409,10 @@ def test_piper_sentences_start_with_the_voice_not_with_silence(piper, run_tts) -
     starts = [i for i, e in sink.events if e["status"] == "start"]
     assert len(starts) == 2
     for i in starts:
-        # Piper's own lead-in is ~50 ms at -90 dBFS; the first chunk sent must already be voice.
-        assert np.abs(sink.chunks[i]).max() > 0.003, np.abs(sink.chunks[i]).max()
+        # Piper's own lead-in is 35-50 ms at about -90 dBFS (3e-5), longer than a chunk; the first
+        # chunk sent must already reach the voice (-60 dBFS). Piper's noise makes the onset's
+        # loudness vary from run to run, so the bar is the onset level, not a louder one.
+        assert np.abs(sink.chunks[i]).max() > 1e-3, np.abs(sink.chunks[i]).max()
 
 
 def test_piper_keeps_a_bounded_number_of_requested_voices(tmp_path) -> None:
