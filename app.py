@@ -210,9 +210,9 @@ class LiveTalking:
         self.events[sessionid] = hub
         if self.llm is not None:
             prompt = self.opt.llm_system_prompt if self.opt.llm_system_prompt is not None else self.llm.system_prompt
-            self.chats[sessionid] = Conversation(
-                self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history
-            )
+            conversation = Conversation(self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history)
+            hub.observe(conversation.on_event)  # its history keeps what was heard
+            self.chats[sessionid] = conversation
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
         try:

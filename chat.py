@@ -3,8 +3,13 @@
 Answers run as asyncio tasks on the server's event loop (network-bound, so they never block
 it), one at a time and in the order asked, so each question sees the answers before it. Each
 piece of an answer goes to the session's TTS the moment the splitter completes it. Cancelling
-(interrupt, a new question with interrupt: true, session end) closes the HTTP stream, and an
-answer that did not finish is not kept in the history: the user never heard it whole.
+(interrupt, a new question with interrupt: true, session end) closes the HTTP stream.
+
+The history keeps what the user heard, not what the LLM wrote: the session's "end" events
+(the piece's last audio left on the track) mark pieces heard, and an interrupt cuts every
+answer still playing down to its heard pieces, or drops the turn when none was heard. The LLM
+usually finishes writing long before the avatar finishes speaking, so most interrupts land
+after the stream is complete.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm import ChatBackend, LLMError
-from speakable import PieceSplitter
+from speakable import PieceSplitter, is_cjk
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,30 @@ OPEN_WAIT_S = 4.0
 
 Say = Callable[[str, dict, Any, bool], None]  # (piece, datainfo, voice, opening): BaseReal.say
 Publish = Callable[[dict], None]
+
+
+@dataclass
+class _Turn:
+    """A question and the answer as far as the user heard it."""
+
+    question: str
+    written: str = ""  # the LLM's whole answer, once its stream ended
+    heard: list[str] = field(default_factory=list)  # pieces played to their end, in order
+    cut: bool = False  # interrupted before all of it was heard
+
+    @property
+    def answer(self) -> str:
+        """What the history says the assistant answered ("" when nothing of it counts)."""
+        if self.written and not self.cut:
+            return self.written  # heard, or being heard, in full
+        return join_pieces(self.heard)
+
+
+@dataclass
+class _Piece:
+    turn: _Turn
+    text: str
+    left: str  # its text not yet heard, without spaces (TTS may end it as several sentences)
 
 
 class Conversation:
@@ -47,7 +77,8 @@ class Conversation:
         self.system_prompt = system_prompt
         self._say = say
         self._publish = publish
-        self._turns: deque[tuple[str, str]] = deque(maxlen=max(0, history_turns))  # (question, answer)
+        self._turns: deque[_Turn] = deque(maxlen=max(0, history_turns))
+        self._playing: deque[_Piece] = deque()  # pieces sent to TTS whose end was not heard yet, oldest first
         self._tasks: list[asyncio.Task[None]] = []  # answers: the one streaming, then those queued
         self._closed = False
 
@@ -55,8 +86,12 @@ class Conversation:
     def history(self) -> list[dict[str, str]]:
         """The kept turns as chat messages, oldest first."""
         messages: list[dict[str, str]] = []
-        for question, answer in self._turns:
-            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        for turn in self._turns:
+            if turn.answer:
+                messages += [
+                    {"role": "user", "content": turn.question},
+                    {"role": "assistant", "content": turn.answer},
+                ]
         return messages
 
     @property
@@ -95,13 +130,52 @@ class Conversation:
             opened.cancel()
             log.info("session %s: LLM slow to accept; answering the request now", self.sessionid)
 
+    def on_event(self, event: dict) -> None:
+        """Follow the session's events (on the event loop): an "end" marks its piece heard.
+
+        TTS speaks pieces in the order they were sent, so an end that matches a later piece
+        means those before it were skipped (a TTS error, nothing speakable) and never heard.
+        """
+        if event.get("status") != "end" or not self._playing:
+            return
+        said = _letters(str(event.get("text", "")))
+        if not said:
+            return
+        index = next((i for i, piece in enumerate(self._playing) if piece.left.startswith(said)), None)
+        if index is None:
+            return  # not ours: an echo spoken in between
+        piece = self._playing[index]
+        for _ in range(index):
+            self._playing.popleft()
+        piece.left = piece.left[len(said) :]
+        if not piece.left:
+            self._playing.popleft()
+            piece.turn.heard.append(piece.text)
+
     async def cancel(self) -> None:
-        """Stop every answer, streaming or queued, and wait until their streams are closed."""
+        """Stop every answer, streaming or queued, and wait until their streams are closed.
+
+        The session was silenced first: what is still playing will not be heard, so the
+        history keeps only the heard part of each answer.
+        """
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        while self._playing:
+            turn = self._playing.popleft().turn
+            if not turn.cut:
+                turn.cut = True
+                log.info("session %s: answer cut; the history keeps what was heard: %r", self.sessionid, turn.answer)
+        self._forget_unsaid()
+
+    def _forget_unsaid(self) -> None:
+        """Drop turns of which nothing counts as said (cut unheard, failed before a word)."""
+        playing = {id(piece.turn) for piece in self._playing}
+        kept = [turn for turn in self._turns if turn.answer or id(turn) in playing]
+        self._turns.clear()
+        self._turns.extend(kept)
 
     async def close(self) -> None:
         self._closed = True
@@ -115,9 +189,11 @@ class Conversation:
         try:
             await self._stream_answer(question, datainfo, voice, opened)
         except LLMError as exc:
+            self._forget_unsaid()
             self._fail(exc, datainfo, opened)
         except Exception as exc:  # a bug here must not pass silently nor end the session
             log.exception("session %s: chat failed", self.sessionid)
+            self._forget_unsaid()
             self._fail(LLMError(502, f"chat failed: {exc}"), datainfo, opened)
 
     async def _stream_answer(self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future) -> None:
@@ -125,6 +201,10 @@ class Conversation:
         reply = await self.backend.open(self.messages_for(question), f"{self.sessionid}")
         if not opened.done():
             opened.set_result(None)
+        turn = _Turn(question)
+        # In the history from now on: a stream cut by an error or interrupt still leaves its
+        # heard pieces said (its `written` stays empty).
+        self._turns.append(turn)
         splitter = PieceSplitter()
         words: list[str] = []
         spoken = 0
@@ -135,10 +215,10 @@ class Conversation:
                 words.append(delta)
                 for piece in splitter.feed(delta):
                     spoken += 1
-                    self._speak(piece, datainfo, voice, spoken, started)
+                    self._speak(turn, piece, datainfo, voice, spoken, started)
             for piece in splitter.finish():
                 spoken += 1
-                self._speak(piece, datainfo, voice, spoken, started)
+                self._speak(turn, piece, datainfo, voice, spoken, started)
         except asyncio.CancelledError:
             log.info("session %s: LLM answer cancelled after %d pieces", self.sessionid, spoken)
             raise
@@ -146,12 +226,16 @@ class Conversation:
             await reply.aclose()  # closes the HTTP stream: the endpoint stops generating
         answer = "".join(words).strip()
         if not answer:
+            self._turns.remove(turn)
             raise LLMError(502, f"the LLM ({self.backend.description}) answered nothing")
-        self._turns.append((question, answer))  # only a whole answer is kept: a cut one was not said
+        turn.written = answer  # the history's answer once all of it is heard
         log.info("session %s: LLM answered %d chars in %.0f ms", self.sessionid, len(answer), _ms(started))
 
-    def _speak(self, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
+    def _speak(self, turn: _Turn, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
         log.info("session %s: piece %d to TTS after %.0f ms: %r", self.sessionid, number, _ms(started), piece[:80])
+        left = _letters(piece)
+        if left:
+            self._playing.append(_Piece(turn, piece, left))
         # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
         self._say(piece, datainfo, voice, False)
 
@@ -168,6 +252,21 @@ def _resolve(opened: asyncio.Future) -> None:
     """An answer cancelled before the endpoint accepted it: the request waiting on it is done."""
     if not opened.done():
         opened.set_result(None)
+
+
+def join_pieces(pieces: list[str]) -> str:
+    """Pieces back into one text: a space between them, none after Chinese or Japanese."""
+    text = ""
+    for piece in pieces:
+        if text and not is_cjk(text[-1]) and not is_cjk(piece[0]):
+            text += " "
+        text += piece
+    return text
+
+
+def _letters(text: str) -> str:
+    """Text compared by its letters and digits only: TTS may re-space and re-punctuate it."""
+    return "".join(ch for ch in text if ch.isalnum()).lower()
 
 
 def _ms(since: float) -> float:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -69,6 +70,7 @@ class SessionEvents:
         self._loop = loop
         self._maxsize = maxsize
         self._listeners: set[Listener] = set()
+        self._observers: list[Callable[[dict], None]] = []
         self._seq = 0
         self.closed = False
 
@@ -88,6 +90,11 @@ class SessionEvents:
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody listens
             self._loop.call_soon_threadsafe(self._deliver, event)
 
+    def observe(self, observer: Callable[[dict], None]) -> None:
+        """Call `observer(event)` on the event loop for every event, before the listeners get it
+        (in-process followers such as the chat, which learns from "end" what was heard)."""
+        self._observers.append(observer)
+
     def subscribe(self) -> Listener:
         listener = Listener(self._maxsize)
         if self.closed:
@@ -105,6 +112,7 @@ class SessionEvents:
             return
         self._deliver({"status": "closed", "reason": reason})
         self.closed = True
+        self._observers.clear()
         for listener in self._listeners:
             listener.end()
         self._listeners.clear()
@@ -112,6 +120,11 @@ class SessionEvents:
     def _deliver(self, event: dict) -> None:
         if self.closed:
             return
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:  # a follower's bug must not cost the listeners their events
+                log.exception("session %s: an event observer failed", self.sessionid)
         self._seq += 1
         message = encode(event, self._seq)
         for listener in list(self._listeners):

@@ -170,7 +170,7 @@ def test_interrupt_closes_the_llm_stream_and_forgets_the_answer(chat_server, fak
             loud_after = [a.rms for a in peer.audio_since(interrupted + 0.3) if a.rms > SPEECH_RMS]
 
             await post(http, url, {"sessionid": sid, "text": "Another long one.", "type": "chat"})
-            await wait_until(lambda: len(fake_llm.streams[-1].sent) > 20, 5)
+            await wait_until(lambda: len(fake_llm.streams[-1].sent) > 5, 5)
             second_stream = fake_llm.streams[-1]
             status, _ = await post(
                 http, url, {"sessionid": sid, "text": "Stop, please.", "type": "chat", "interrupt": True}
@@ -203,6 +203,47 @@ def test_interrupt_closes_the_llm_stream_and_forgets_the_answer(chat_server, fak
     assert [m["content"] for m in fake_llm.requests[-2]["messages"][1:]] == ["Stop, please."]
     assert closed_with_session, "closing the session left the LLM streaming"
     assert not left, "the session left an answer, its conversation or a thread behind"
+
+
+def test_history_keeps_what_was_heard_of_an_answer_cut_while_speaking(chat_server, fake_llm):
+    # The LLM writes each answer at once; speaking it takes seconds, so interrupts land after
+    # the stream ended. The history must hold what the user heard, not what the LLM wrote.
+    first = "The tower is tall. It was finished in eighteen eighty nine for a world fair. People climb it daily."
+    second = "Sorry, I will keep it short. Paris has many museums and the Louvre is the largest of them all."
+    fake_llm.script(Script(words(first)), Script(words(second)), Script(words("Yes.")))
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            peer, events = await open_session(chat_server, http)
+            sid = peer.sessionid
+            url = f"{chat_server.url}/human"
+            await post(http, url, {"sessionid": sid, "text": "Tell me about the tower.", "type": "chat"})
+            await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "The tower is tall.", 10)
+            await events.wait_for(lambda e: e["status"] == "start" and e["text"].startswith("It was"), 5)
+            # Cut in the middle of the second sentence: the new question carries interrupt.
+            ask = {"sessionid": sid, "text": "Something shorter?", "type": "chat", "interrupt": True}
+            await post(http, url, ask)
+            await events.wait_for(lambda e: e["status"] == "start" and e["text"].startswith("Sorry"), 10)
+            # Asked while the second answer is still being spoken, without interrupting it:
+            # it will be heard whole, so the history has all of it.
+            await post(http, url, {"sessionid": sid, "text": "Is that all?", "type": "chat"})
+            await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "Yes.", 20)
+            await peer.close()
+            await events.close()
+            return [r["messages"][1:] for r in fake_llm.requests[-2:]]
+
+    after_cut, after_whole = run(scenario())
+    assert after_cut == [
+        {"role": "user", "content": "Tell me about the tower."},
+        {"role": "assistant", "content": "The tower is tall."},
+        {"role": "user", "content": "Something shorter?"},
+    ]
+    assert after_whole == [
+        *after_cut[:2],
+        {"role": "user", "content": "Something shorter?"},
+        {"role": "assistant", "content": second},
+        {"role": "user", "content": "Is that all?"},
+    ]
 
 
 def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fake_llm):

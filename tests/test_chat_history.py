@@ -1,0 +1,120 @@
+"""The chat history keeps what the user heard: Conversation follows the session's "end" events.
+
+The LLM here is a ChatBackend that writes scripted answers at once, and the events are the ones
+a session publishes as each piece's last audio leaves, fed in by hand so every order can be
+tried (test_chat.py runs the same end to end through a real server and peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from chat import Conversation, join_pieces
+from llm import ChatBackend, Reply
+
+
+class WrittenReply(Reply):
+    def __init__(self, text: str) -> None:
+        self.words = text.split(" ")
+
+    async def deltas(self) -> AsyncIterator[str]:
+        for i, word in enumerate(self.words):
+            yield word if i == 0 else " " + word
+
+    async def aclose(self) -> None:
+        return None
+
+
+class WrittenAnswers(ChatBackend):
+    """Answers each question with the next scripted text; remembers what it was asked."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.asked: list[list[dict[str, str]]] = []
+
+    async def open(self, messages: list[dict[str, str]], name: str) -> Reply:
+        self.asked.append(messages)
+        return WrittenReply(self.answers.pop(0))
+
+
+def conversation(backend: ChatBackend, said: list[str]) -> Conversation:
+    return Conversation(backend, lambda piece, *_: said.append(piece), lambda event: None, 1, "", 10)
+
+
+def end(text: str) -> dict:
+    return {"status": "end", "text": text}
+
+
+async def settle(chat: Conversation) -> None:
+    while chat.busy:
+        await asyncio.sleep(0)
+
+
+def answers(chat: Conversation) -> list[str]:
+    return [m["content"] for m in chat.history if m["role"] == "assistant"]
+
+
+def test_an_answer_cut_while_speaking_keeps_its_heard_pieces() -> None:
+    async def scenario():
+        said: list[str] = []
+        chat = conversation(WrittenAnswers("One is here. Two is there. Three is gone. Four is more."), said)
+        await chat.ask("Count.")
+        await settle(chat)
+        chat.on_event(end("One is here."))
+        chat.on_event(end("Hello from an echo."))  # spoken in between: not part of the answer
+        # "Two is there." failed in TTS (no end), "Three is gone." was heard, then an interrupt.
+        chat.on_event(end("Three is gone."))
+        await chat.cancel()
+        return said, answers(chat)
+
+    said, kept = asyncio.run(scenario())
+    assert said == ["One is here.", "Two is there.", "Three is gone.", "Four is more."]
+    assert kept == ["One is here. Three is gone."]
+
+
+def test_a_piece_spoken_as_several_sentences_is_heard_only_at_its_last_end() -> None:
+    async def scenario():
+        chat = conversation(WrittenAnswers("Yes. It opened in 1889, for the fair; it is 330 m tall."), [])
+        await chat.ask("Old?")
+        await settle(chat)
+        chat.on_event(end("Yes."))
+        chat.on_event(end("It opened in 1889,"))  # TTS cut the long piece: half of it heard
+        await chat.cancel()
+        cut_in_the_middle = answers(chat)
+
+        chat2 = conversation(WrittenAnswers("Yes. It opened in 1889, for the fair; it is 330 m tall."), [])
+        await chat2.ask("Old?")
+        await settle(chat2)
+        for sentence in ("Yes.", "It opened in 1889,", "for the fair;", "it is 330 m tall."):
+            chat2.on_event(end(sentence))
+        await chat2.cancel()  # nothing left playing: nothing is cut
+        return cut_in_the_middle, answers(chat2)
+
+    cut_in_the_middle, whole = asyncio.run(scenario())
+    assert cut_in_the_middle == ["Yes."]
+    assert whole == ["Yes. It opened in 1889, for the fair; it is 330 m tall."]
+
+
+def test_an_answer_interrupted_before_a_piece_ended_is_forgotten_and_the_next_one_is_kept_whole() -> None:
+    async def scenario():
+        backend = WrittenAnswers("Nothing of this is heard.", "This one plays out. All of it.", "Fine.")
+        chat = conversation(backend, [])
+        await chat.ask("First?")
+        await settle(chat)
+        await chat.cancel()
+        await chat.ask("Second?")
+        await settle(chat)
+        chat.on_event(end("This one plays out."))
+        await chat.ask("Third?")  # asked while the rest still plays: it will be heard whole
+        await settle(chat)
+        return backend.asked
+
+    asked = asyncio.run(scenario())
+    assert [m["content"] for m in asked[1]] == ["Second?"]
+    assert [m["content"] for m in asked[2]] == ["Second?", "This one plays out. All of it.", "Third?"]
+
+
+def test_join_pieces_puts_no_space_after_chinese() -> None:
+    assert join_pieces(["你好，", "今天天气很好。", "OK."]) == "你好，今天天气很好。OK."
+    assert join_pieces(["Sure,", "it is."]) == "Sure, it is."
