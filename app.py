@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 import events
 import httpapi
+import peerwatch
 from audio_util import decode_audio_bytes
 from basereal import BaseReal, EventCallback
 from chat import Conversation
@@ -37,7 +38,6 @@ MODELS = {
     "wav2lip": "lipreal:LipReal",
 }
 CONNECT_TIMEOUT_S = 30.0  # an offer whose peer never connects is dropped after this
-DISCONNECT_GRACE_S = 5.0  # a peer that stays "disconnected" this long has vanished
 MAX_UPLOAD_SECONDS = 600.0
 # /human fields of the API itself; any others are the caller's, echoed in the session's events.
 HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts"}
@@ -133,6 +133,7 @@ class LiveTalking:
         self.events: dict[int, events.SessionEvents] = {}
         self.chats: dict[int, Conversation] = {}
         self._closing: dict[int, asyncio.Future] = {}  # sessions being closed, by id
+        self._watchers: dict[int, asyncio.Task] = {}  # per connected peer: notices it vanishing
         self._opening = 0  # sessions being built, counted against --max_session
 
     # --- sessions ----------------------------------------------------------------------------
@@ -163,6 +164,9 @@ class LiveTalking:
     async def _close_session(self, sessionid: int, reason: str) -> None:
         session = self.sessions.pop(sessionid, None)
         pc = self.peers.pop(sessionid, None)
+        watcher = self._watchers.pop(sessionid, None)
+        if watcher is not None:
+            watcher.cancel()
         conversation = self.chats.pop(sessionid, None)
         if session is None and pc is None:
             return
@@ -244,14 +248,19 @@ class LiveTalking:
 
         close_later(CONNECT_TIMEOUT_S, "peer never connected")
 
+        def vanished(silent: float) -> None:
+            self.request_close(sessionid, f"peer vanished: no RTCP report for {silent:.0f} s")
+
         @pc.on("connectionstatechange")
         def on_state() -> None:
             state = pc.connectionState
             log.info("session %s peer %s", sessionid, state)
             if state == "connected":
                 cancel()
-            elif state == "disconnected":
-                close_later(DISCONNECT_GRACE_S, "peer vanished")
+                if sessionid in self.peers and sessionid not in self._watchers:
+                    self._watchers[sessionid] = loop.create_task(
+                        peerwatch.watch_reports(pc, vanished), name=f"peerwatch-{sessionid}"
+                    )
             elif state in ("failed", "closed"):
                 cancel()
                 self.request_close(sessionid, f"peer {state}")

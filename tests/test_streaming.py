@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -176,3 +180,28 @@ def test_closing_the_peer_stops_the_session(server):
 
     sid, gone = run(scenario())
     assert gone, f"session {sid} left behind: {[t.name for t in session_threads(sid)]}"
+
+
+def test_a_peer_that_vanishes_is_dropped_before_ice_consent_expires(server):
+    # A client killed outright sends nothing more, no close and no RTCP. ICE consent would
+    # notice after 25-35 s; the server's watch on RTCP reports drops the session sooner.
+    tests_dir = Path(__file__).parent
+    client = subprocess.Popen(
+        [sys.executable, str(tests_dir / "vanishing_peer.py"), server.url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tests_dir)},
+    )
+    try:
+        sid = int(client.stdout.readline())
+        alive_while_connected = sid in server.live.sessions and bool(session_threads(sid))
+    finally:
+        client.kill()
+        client.wait()
+        client.stdout.close()
+
+    async def dropped() -> bool:
+        return await wait_until(lambda: sid not in server.live.sessions and not session_threads(sid), 20)
+
+    assert alive_while_connected
+    assert run(dropped()), f"session {sid} of a vanished peer is still open"
