@@ -15,7 +15,7 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +33,9 @@ class AudioFrame:
 
     samples: np.ndarray  # float32 (320,)
     speech: bool  # True for real audio (TTS, upload); False for filler silence
-    event: dict | None = None  # {"status": "start"|"end", "text": ...} on sentence edges
+    # Published as this frame's audio leaves on the track: {"status": "start"|"end", "text": ...}
+    # on sentence edges, and a TTS "error" in its place in the stream.
+    events: tuple[dict, ...] = ()
 
 
 SILENCE = AudioFrame(_SILENT_SAMPLES, speech=False)
@@ -54,7 +56,7 @@ class BaseASR(ABC):
         self.right = right
         # (epoch, frame): flush() bumps the epoch, so a frame whose put was blocked while the
         # queue was being emptied is recognised as stale and dropped.
-        self._input: queue.Queue[tuple[int, AudioFrame]] = queue.Queue(maxsize=max_queued_frames)
+        self._input: queue.Queue[tuple[int | None, AudioFrame]] = queue.Queue(maxsize=max_queued_frames)
         self._epoch = 0
         self._lock = threading.Lock()  # guards the window against flush() during get_batch()
         # Frames already played (left context); warm-up fills them with silence.
@@ -75,7 +77,17 @@ class BaseASR(ABC):
         latest flush() are dropped.
         """
         epoch = self._epoch if epoch is None else epoch
-        item = (epoch, AudioFrame(np.asarray(samples, dtype=np.float32).reshape(CHUNK), True, event))
+        samples = np.asarray(samples, dtype=np.float32).reshape(CHUNK)
+        return self._put((epoch, AudioFrame(samples, True, (event,) if event is not None else ())))
+
+    def put_event(self, event: dict) -> bool:
+        """Queue an event to be published in its place in the stream: after the speech queued
+        before it has left (a sentence the TTS skipped is reported after the one before it
+        ended). It rides on filler silence, which speech arriving after it replaces, taking
+        the event along. Interrupts do not drop it."""
+        return self._put((None, AudioFrame(_SILENT_SAMPLES, False, (event,))))
+
+    def _put(self, item: tuple[int | None, AudioFrame]) -> bool:
         while not self._closed.is_set():
             try:
                 self._input.put(item, timeout=0.1)
@@ -112,11 +124,16 @@ class BaseASR(ABC):
                 epoch, frame = self._input.get_nowait()
             except queue.Empty:
                 break
-            if epoch != self._epoch:
+            if frame.speech and epoch != self._epoch:
                 continue
-            # Speech replaces filler that has not been played yet: no look-ahead latency.
-            while self._pending and not self._pending[-1].speech:
-                self._pending.pop()
+            if frame.speech:
+                # Speech replaces filler that has not been played yet (no look-ahead latency),
+                # keeping the events the filler carried.
+                carried: list[dict] = []
+                while self._pending and not self._pending[-1].speech:
+                    carried[:0] = self._pending.pop().events
+                if carried:
+                    frame = replace(frame, events=(*carried, *frame.events))
             self._pending.append(frame)
             if len(self._pending) >= needed:
                 break
@@ -127,12 +144,16 @@ class BaseASR(ABC):
         """Drop all queued and look-ahead speech (interrupt)."""
         with self._lock:
             self._epoch += 1
+            kept = [frame for frame in self._pending if frame.events and not frame.speech]
             self._pending.clear()
             while True:
                 try:
-                    self._input.get_nowait()
+                    _, frame = self._input.get_nowait()
                 except queue.Empty:
                     break
+                if not frame.speech:
+                    kept.append(frame)
+            self._pending.extend(kept)  # events queued on their own still go out
 
     def close(self) -> None:
         """Release a producer blocked in put_audio_frame; later puts are refused."""

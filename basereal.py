@@ -164,9 +164,9 @@ class BaseReal(ABC):
         self.tts.put_msg_txt(text, datainfo, voice, opening)
 
     def _tts_error(self, event: dict) -> None:
-        """A sentence the engine could not speak (TTS worker thread): the client hears of it."""
-        if self._on_event is not None:
-            self._on_event(event)
+        """A sentence the engine could not speak (TTS worker thread): the client hears of it in
+        its place, after the end of the sentence before it."""
+        self.asr.put_event(event)
 
     def say_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue 16 kHz mono speech (an uploaded file) to be played with moving lips."""
@@ -209,10 +209,10 @@ class BaseReal(ABC):
                 # Before this frame's "start" (and after the last frame's "end"): a page sees
                 # speaking, start, ..., end, idle, as the listener hears it.
                 self._on_event({"status": "speaking", "speaking": frame.speech})
-        if frame.event is not None:
-            log.info("session %s %s: %s", self.sessionid, frame.event.get("status"), frame.event.get("text"))
+        for event in frame.events:
+            log.info("session %s %s: %s", self.sessionid, event.get("status"), event.get("text"))
             if self._on_event is not None:
-                self._on_event(frame.event)
+                self._on_event(event)
 
     # --- feeder thread: audio and features at the pace of playback ------------------------
     def _feed_loop(self) -> None:

@@ -57,6 +57,35 @@ def test_flush_drops_queued_speech_and_frames_from_before_it():
     assert frames[0].speech and frames[0].samples[0] == np.float32(0.9)
 
 
+def events_played(asr: BaseASR, batches: int) -> list[tuple[str, float | None]]:
+    """(event status, first sample of its frame, None on filler) in playing order."""
+    out = []
+    for _ in range(batches):
+        frames, _ = asr.get_batch(1)
+        out += [(e["status"], f.samples[0] if f.speech else None) for f in frames for e in f.events]
+    return out
+
+
+def test_an_event_put_between_sentences_leaves_after_the_first_and_before_the_second():
+    asr = WindowASR(left=0, right=4)
+    asr.put_audio_frame(speech(0.1), {"status": "start"})
+    asr.put_audio_frame(speech(0.2), {"status": "end"})
+    asr.put_event({"status": "error"})
+    assert events_played(asr, 1) == [("start", np.float32(0.1)), ("end", np.float32(0.2))]
+    # The error sits on filler in the look-ahead; the next sentence replaces that filler and
+    # carries the error on its first frame, ahead of its own start.
+    asr.put_audio_frame(speech(0.3), {"status": "start"})
+    assert events_played(asr, 1) == [("error", np.float32(0.3)), ("start", np.float32(0.3))]
+
+
+def test_an_event_on_its_own_is_played_out_on_filler_and_survives_a_flush():
+    asr = WindowASR(left=0, right=0)
+    asr.put_audio_frame(speech(0.5), {"status": "start"})
+    asr.put_event({"status": "error"})
+    asr.flush()  # the speech is dropped; the report of a failure is not
+    assert events_played(asr, 2) == [("error", None)]
+
+
 def unit(tag: float, is_speech: bool) -> Unit:
     frame = AudioFrame(speech(tag), True) if is_speech else SILENCE
     return Unit(np.full((2, 2, 3), int(tag * 100), np.uint8), (frame, frame))

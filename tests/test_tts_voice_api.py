@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 import aiohttp
 import pytest
+from waiting import post_json
 
 from httpapi import ApiError, optional_voice
 from livepeer import LivePeer
 from portrait_geometry import sway_box
+from sseclient import SseClient
 from ttsreal import Voice
 
 
@@ -66,24 +67,37 @@ def test_voice_override_travels_from_human_to_the_engine(server, caplog) -> None
     assert "piper voice not found: /nonexistent/other-voice.onnx" in caplog.text
 
 
-def test_session_reports_tts_failures_as_events(server) -> None:
-    """BaseReal hands the TTS worker's error events to the session's on_event callback."""
-    live = server.live
-    events: list[dict] = []
-    arrived = threading.Event()
+def test_a_tts_failure_is_reported_in_its_place_between_the_sentences_around_it(server) -> None:
+    """The sentence Piper cannot speak (its voice file is missing) is reported on /sse after the
+    end of the sentence before it was heard, and before the next one starts: in the order a
+    listener hears them, though the failure itself happens long before that end is played."""
 
-    def on_event(event: dict) -> None:
-        events.append(event)
-        if event.get("status") == "error":
-            arrived.set()
+    async def scenario() -> list[tuple[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            peer = LivePeer(server.url, sway_box())
+            await peer.connect(http)
+            await peer.wait_for_media()
+            events = SseClient(f"{server.url}/sse?sessionid={peer.sessionid}")
+            await events.connect(http)
+            human = f"{server.url}/human"
+            sid = peer.sessionid
+            await post_json(http, human, {"sessionid": sid, "text": "This first sentence takes a while to say."})
+            bad = {"ref_file": "/nope/voice.onnx"}
+            await post_json(http, human, {"sessionid": sid, "text": "Not in this voice.", "tts": bad, "msg_id": 9})
+            await post_json(http, human, {"sessionid": sid, "text": "The third one is heard."})
+            await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "The third one is heard.", 20)
+            await peer.close()
+            await events.close()
+            return events.events
 
-    session = live.session_cls(live.opt, live.model, live.avatar, live.tts_engine, 4242, on_event)
-    session.tts.start()  # only the TTS worker: no audio will be produced
-    try:
-        session.say("Speak with a voice that is not there.", {"msg_id": 9}, Voice(ref_file="/nope/voice.onnx"))
-        assert arrived.wait(10)
-    finally:
-        session.close()
-    (error,) = [e for e in events if e.get("status") == "error"]
-    assert error["text"] == "Speak with a voice that is not there." and error["msg_id"] == 9
-    assert "piper voice not found: /nope/voice.onnx" in error["msg"]
+    seen = asyncio.run(scenario())
+    order = [(e["status"], e["text"]) for e in seen if e["status"] in ("start", "end", "error")]
+    assert order == [
+        ("start", "This first sentence takes a while to say."),
+        ("end", "This first sentence takes a while to say."),
+        ("error", "Not in this voice."),
+        ("start", "The third one is heard."),
+        ("end", "The third one is heard."),
+    ]
+    (error,) = [e for e in seen if e["status"] == "error"]
+    assert error["msg_id"] == 9 and "piper voice not found: /nope/voice.onnx" in error["msg"]

@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 import aiohttp
+
 from livepeer import LivePeer
 
 
