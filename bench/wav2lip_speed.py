@@ -93,6 +93,30 @@ def _summary(batch: int, runs: list[tuple[float, float]], threads: int, cpu_boun
     }
 
 
+def conv_gflop_per_frame(model: Any) -> float:
+    """Multiply-adds x 2 of every convolution for one frame: the work no fp32 kernel can skip."""
+    import torch
+    from torch import nn
+
+    total = 0.0
+
+    def count(module: Any, args: tuple, out: Any) -> None:
+        nonlocal total
+        taps = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        # A transposed conv spreads each input pixel over its kernel: count by input pixels.
+        pixels = args[0][0, 0].numel() if isinstance(module, nn.ConvTranspose2d) else out[0, 0].numel()
+        total += 2.0 * pixels * taps * module.out_channels
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 256, 256))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -113,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     base = random_wav2lip(seed=0)
+    gflop = conv_gflop_per_frame(base)
     half = torch.float32 if cpu else torch.float16
     variants = [
         Variant("plain", copy.deepcopy(base).to(device), torch.float32, False, torch.no_grad),
@@ -145,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"batch": batch}
         for v, out in zip(variants, outs, strict=True):
             row[v.name] = _summary(batch, v.runs, args.threads, cpu)
+            row[v.name]["conv_gflops"] = round(row[v.name]["fps"] * gflop, 1)
             row[v.name]["max_abs_diff_vs_plain"] = float((out - outs[0]).abs().max())
         for v in variants[1:]:
             row[f"speedup_{v.name}"] = round(row[v.name]["fps"] / row["plain"]["fps"], 3)
@@ -160,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "usable_cores": _cores(),
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "conv_gflop_per_frame": round(gflop, 2),
         "runs_format": "[wall seconds, CPU share in threads]",
         "load_avg_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "results": results,
