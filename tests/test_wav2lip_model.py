@@ -182,6 +182,21 @@ def test_loaded_model_is_prepared_for_cpu_inference(plain: Wav2Lip256, checkpoin
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
 
 
+def test_a_batch_through_the_prepared_model_gives_each_frame_its_plain_answer(plain: Wav2Lip256) -> None:
+    # On CPU the prepared model runs a batch frame by frame: each frame must still get its own.
+    g = torch.Generator().manual_seed(3)
+    mel = torch.rand(3, 1, 80, 16, generator=g) * 8 - 4
+    face = torch.rand(3, 6, 256, 256, generator=g)
+    model = prepare(copy.deepcopy(plain), "cpu")
+    with torch.inference_mode():
+        got = model(*(t.contiguous(memory_format=torch.channels_last) for t in (mel, face)))
+    with torch.no_grad():
+        want = plain(mel, face)
+    assert got.shape == (3, 3, 256, 256)
+    assert float((got - want).abs().max()) < 1e-3
+    assert float((want[0] - want[1]).abs().max()) > 1e-2  # the frames differ, so a mix-up would show
+
+
 def test_eager_prepared_cpu_model_equals_plain_one(plain: Wav2Lip256, inputs, reference: torch.Tensor) -> None:
     # The path taken when PyTorch has no oneDNN: folded BatchNorm, channels_last, eager ops.
     model = prepare(copy.deepcopy(plain), "cpu", onednn=False)

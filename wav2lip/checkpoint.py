@@ -165,7 +165,8 @@ def prepare(
     CUDA: fp16. CPU: channels_last, which lets oneDNN run the convolutions on NHWC data without
     reordering every activation (inputs should be channels_last too; wav2lip.infer makes them
     so); with `onednn` (and a PyTorch build that has it) each conv block then becomes one oneDNN
-    call with its add and ReLU fused and its weights packed once (wav2lip.onednn). CPU precision
+    call with its add and ReLU fused and its weights packed once, and batches run one frame at a
+    time, which is faster there (wav2lip.onednn). CPU precision
     is fp32, or bfloat16 with `cpu_bf16` on a CPU that computes it natively (AVX512-BF16 or AMX):
     about twice as fast, at a cost of about 1/255 mean and 10/255 worst error per pixel.
     The result is for inference only.
@@ -191,8 +192,8 @@ def prepare(
             torch.zeros(1, 1, MEL_BANDS, MEL_STEPS, dtype=dtype).contiguous(memory_format=torch.channels_last),
             torch.zeros(1, 6, IMG_SIZE, IMG_SIZE, dtype=dtype).contiguous(memory_format=torch.channels_last),
         )
-        onednn_kernels.fuse_onednn(model, example)
-        kind += " + oneDNN fused conv/add/ReLU"
+        model = onednn_kernels.FrameByFrame(onednn_kernels.fuse_onednn(model, example))
+        kind += " + oneDNN fused conv/add/ReLU, frame by frame"
     log.info("wav2lip ready on %s (%s)", device, kind)
     return model
 
