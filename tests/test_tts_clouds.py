@@ -8,7 +8,6 @@ import argparse
 import logging
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,7 +23,18 @@ from tts_cloud_apps import (
     edge_app,
     tencent_app,
 )
-from tts_local import Collector, Control, ServerThread, Speech, free_port, seconds, similarity, start_tts, wait_idle
+from tts_local import (
+    Collector,
+    Control,
+    ServerThread,
+    Speech,
+    free_port,
+    interrupt_mid_request_then_speak_again,
+    seconds,
+    similarity,
+    start_tts,
+    wait_idle,
+)
 
 from tts.azure import AzureEngine
 from tts.doubao import DoubaoEngine
@@ -180,19 +190,7 @@ def test_voice_override_applies_to_that_message_only(running_tts) -> None:
 
 def test_interrupt_closes_the_connection_in_flight(running_tts) -> None:
     stand, sink, tts = running_tts
-    stand.control.hold = True
-    tts.put_msg_txt(TEXT)
-    assert sink.wait_for(lambda s: len(s.chunks) >= 5)
-    interrupted = time.perf_counter()
-    tts.flush()
-    assert stand.control.hung_up.wait(3), "the service never saw the client hang up"
-    assert time.perf_counter() - interrupted < 1.0
-    wait_idle(tts, 2)
-    assert sink.errors == [] and not stand.control.finished.is_set()
-
-    stand.control.reset()
-    tts.put_msg_txt("Speaking again after the interrupt.")
-    wait_idle(tts)
+    interrupt_mid_request_then_speak_again(stand, sink, tts, TEXT)
     assert sink.statuses()[-1] == ("end", "Speaking again after the interrupt.")
 
 

@@ -8,7 +8,6 @@ import argparse
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from tts_local import (
     ServerThread,
     Speech,
     free_port,
+    interrupt_mid_request_then_speak_again,
     seconds,
     similarity,
     start_tts,
@@ -197,21 +197,7 @@ def test_voice_override_applies_to_that_message_only(running_tts) -> None:
 
 def test_interrupt_closes_the_request_in_flight(running_tts) -> None:
     stand, sink, tts = running_tts
-    stand.control.hold = True
-    tts.put_msg_txt(TEXT)
-    assert sink.wait_for(lambda s: len(s.chunks) >= 5)
-    interrupted = time.perf_counter()
-    tts.flush()
-    assert stand.control.hung_up.wait(3), "the server never saw the client hang up"
-    assert time.perf_counter() - interrupted < 1.0
-    wait_idle(tts, 2)
-    assert not stand.control.finished.is_set()
-    assert sink.errors == []  # an interrupt is not a failure
-
-    stand.control.reset()
-    after = len(sink.chunks)
-    tts.put_msg_txt("Speaking again after the interrupt.")
-    wait_idle(tts)
+    after = interrupt_mid_request_then_speak_again(stand, sink, tts, TEXT)
     assert sink.statuses()[-2:] == [
         ("start", "Speaking again after the interrupt."), ("end", "Speaking again after the interrupt."),
     ]

@@ -290,6 +290,28 @@ def wait_idle(tts: BaseTTS, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
+def interrupt_mid_request_then_speak_again(stand: Any, sink: Collector, tts: BaseTTS, text: str) -> int:
+    """Interrupt a sentence whose engine request the stand-in holds open; check the service saw
+    the hang-up at once and it counted as no failure, then speak again. Returns where the
+    sink's chunks of the new sentence begin (the engine modules share `stand.control`)."""
+    stand.control.hold = True
+    tts.put_msg_txt(text)
+    assert sink.wait_for(lambda s: len(s.chunks) >= 5)
+    interrupted = time.perf_counter()
+    tts.flush()
+    assert stand.control.hung_up.wait(3), "the service never saw the client hang up"
+    assert time.perf_counter() - interrupted < 1.0
+    wait_idle(tts, 2)
+    assert not stand.control.finished.is_set()
+    assert sink.errors == []  # an interrupt is not a failure
+
+    stand.control.reset()
+    after = len(sink.chunks)
+    tts.put_msg_txt("Speaking again after the interrupt.")
+    wait_idle(tts)
+    return after
+
+
 def similarity(got: np.ndarray, expected: np.ndarray, max_lag: int = 2400) -> float:
     """Best normalised correlation of two recordings of the same speech over small shifts
     (onset trimming and MP3 delay move it a little)."""
