@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from baseasr import CHUNK, AudioFrame, BaseASR
+from safetext import shown
 from ttsreal import BaseTTS, TTSEngine, Voice
 from webrtc import SLOT_SECONDS, HumanPlayer, Unit
 
@@ -201,7 +202,12 @@ class BaseReal(ABC):
         return self.speaking
 
     # --- output side (event loop) ---------------------------------------------------------
-    def _audio_sent(self, frame: AudioFrame) -> None:
+    def _audio_sent(self, frame: AudioFrame, late: list[dict]) -> None:
+        """A 20 ms packet left (event loop); `late` are the events of skipped audio before it."""
+        for event in late:
+            log.info("session %s %s (late: its audio was skipped)", self.sessionid, event.get("status"))
+            if self._on_event is not None:
+                self._on_event(event)
         if frame.speech != self.speaking:
             self.speaking = frame.speech
             log.debug("session %s speaking=%s", self.sessionid, frame.speech)
@@ -210,7 +216,7 @@ class BaseReal(ABC):
                 # speaking, start, ..., end, idle, as the listener hears it.
                 self._on_event({"status": "speaking", "speaking": frame.speech})
         for event in frame.events:
-            log.info("session %s %s: %s", self.sessionid, event.get("status"), event.get("text"))
+            log.info("session %s %s: %s", self.sessionid, event.get("status"), shown(event.get("text", ""), 80))
             if self._on_event is not None:
                 self._on_event(event)
 
@@ -297,6 +303,21 @@ class BaseReal(ABC):
             "session %s: a frame takes %.1f ms idle, %.1f ms inferred",
             self.sessionid, 1000 * self._frame_seconds[False], 1000 * self._frame_seconds[True],
         )
+
+    def frame_costs(self) -> tuple[float, float]:
+        """Seconds one idle and one inferred frame take to render, a small batch at a time
+        (blocking; the session need not be started). The admission estimate uses them."""
+        n = min(self.batch_size, 4)
+        window = np.zeros((self.asr.left + 2 * n + self.asr.right, CHUNK), dtype=np.float32)
+        feats = self.asr.features(window, self.asr.left, self.asr.right, n)
+        costs = []
+        for inferred in (False, True):
+            for _ in range(2):  # the first batch pays one-time set-up costs
+                started = time.perf_counter()
+                self._render_batch(feats if inferred else None, list(range(n)))
+                elapsed = (time.perf_counter() - started) / n
+            costs.append(elapsed)
+        return costs[0], costs[1]
 
     def _stride(self, inferred: bool) -> int:
         """Render every n-th frame when a frame costs more than its 40 ms: the others repeat

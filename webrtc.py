@@ -9,7 +9,14 @@ picture and sound of a unit leave together even when one track runs a little beh
 Audio never waits for pictures: when a unit's frame is not rendered by its slot (a model
 slower than real time), the video repeats the newest frame it has and the sound plays on.
 Only when the feeder itself is late does a slot have no unit, and then it plays silence.
-Nothing drifts, because slots follow the clock, not the queues.
+Nothing drifts, because slots follow the clock, not the queues: a track that falls behind
+the clock (a stalled event loop, a slow encoder) skips ahead instead of sending late media,
+the video as soon as it is a slot late, the sound past MAX_AUDIO_LAG_S, and the events of
+whatever was skipped are still published, late rather than never.
+
+The sound is encoded to Opus here, on the event loop (80 us per packet), and handed to aiortc
+as packets: aiortc would encode each 20 ms frame in the default thread pool, where it queues
+behind every VP8 encode and anything else that pool runs, and the sound then falls behind.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import av
 import cv2
@@ -36,7 +43,13 @@ log = logging.getLogger(__name__)
 FPS = 25
 SLOT_SECONDS = 1 / FPS
 VIDEO_CLOCK = 90000
+RECENT_SLOTS = 50  # slots a lagging track can still find its unit in (2 s)
+# Sound later than this behind the clock is skipped, not sent: a listener would hear it
+# that much late for the rest of the session.
+MAX_AUDIO_LAG_S = 0.5
+OPUS_BITRATE = 32000  # 16 kHz mono speech: Opus wideband is transparent well below this
 _SILENT_PCM = np.zeros((1, CHUNK), dtype=np.int16)
+_ERROR_LOG_EVERY_S = 5.0
 
 
 @dataclass(eq=False)
@@ -46,6 +59,7 @@ class Unit:
     image: np.ndarray | None  # HxWx3 uint8 BGR
     audio: tuple[AudioFrame, AudioFrame]
     gone: bool = False  # played or dropped: rendering it now would be wasted
+    audio_sent: list[bool] = field(default_factory=lambda: [False, False])  # each frame's events published
 
     @property
     def speech(self) -> bool:
@@ -62,7 +76,7 @@ class HumanPlayer:
     def __init__(
         self,
         capacity: int,  # units queued ahead of playback; the session may raise it later
-        on_audio_sent: Callable[[AudioFrame], None] | None = None,
+        on_audio_sent: Callable[[AudioFrame, list[dict]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
@@ -73,7 +87,8 @@ class HumanPlayer:
         self._clock = clock
         self._start: float | None = None
         self._next_slot = 0  # the slot the next dequeued unit plays in
-        self._recent: deque[tuple[int, Unit | None]] = deque(maxlen=50)  # (slot, unit)
+        self._recent: deque[tuple[int, Unit | None]] = deque()  # (slot, unit), at most RECENT_SLOTS
+        self._late_events: list[dict] = []  # events of audio that was skipped, published next
         self._closed = False
         self._on_audio_sent = on_audio_sent
         self.audio = PlayerStreamTrack(self, "audio")
@@ -85,6 +100,12 @@ class HumanPlayer:
         self.frames_fresh = 0  # video slots showing their own rendered frame
         self.frames_repeated = 0  # video slots repeating an older frame (inference late)
         self.idle_units_dropped = 0  # idle units skipped so speech could start sooner
+        self.video_slots_skipped = 0  # video slots not sent because the track was behind the clock
+        self.audio_packets_skipped = 0  # 20 ms packets not sent because the sound was too late
+        self.events_late = 0  # events published with later audio, their own having been skipped
+        self.audio_lag_s = 0.0  # how late the newest audio packet left, behind the clock
+        self.audio_lag_max_s = 0.0
+        self.track_errors = 0  # exceptions caught inside the tracks (logged, the track went on)
 
     # --- render-thread side --------------------------------------------------------------
     def wait_for_room(self, n_units: int, timeout: float, urgent: Callable[[], bool] | None = None) -> bool:
@@ -157,6 +178,13 @@ class HumanPlayer:
                 self._start = self._clock()
             return self._start + slot * SLOT_SECONDS
 
+    def slot_now(self, unit_seconds: float = SLOT_SECONDS) -> int:
+        """The slot (or, with unit_seconds 0.02, the audio packet) playing now on the clock."""
+        with self._cond:
+            if self._start is None:
+                return 0
+            return max(0, int((self._clock() - self._start) / unit_seconds))
+
     def unit_for_slot(self, slot: int) -> Unit | None:
         """The unit that plays in `slot`; None when the renderer had nothing for it."""
         with self._cond:
@@ -167,7 +195,7 @@ class HumanPlayer:
                 else:
                     unit.gone = True
                     self.slots_played += 1
-                self._recent.append((self._next_slot, unit))
+                self._remember(self._next_slot, unit)
                 self._next_slot += 1
                 self._cond.notify_all()
             for s, unit in reversed(self._recent):
@@ -175,14 +203,88 @@ class HumanPlayer:
                     return unit
         return None  # so far behind that the unit was forgotten: play a gap
 
-    def notify_audio_sent(self, frame: AudioFrame) -> None:
+    def _remember(self, slot: int, unit: Unit | None) -> None:
+        if len(self._recent) >= RECENT_SLOTS:
+            _, old = self._recent.popleft()
+            if old is not None:
+                self._skip_audio_of(old)  # the sound fell this far behind: it will never play
+        self._recent.append((slot, unit))
+
+    def _skip_audio_of(self, unit: Unit, frames: range = range(2)) -> None:
+        for k in frames:
+            if not unit.audio_sent[k]:
+                unit.audio_sent[k] = True
+                self._late_events.extend(unit.audio[k].events)
+
+    def skip_audio(self, first_packet: int, next_packet: int) -> None:
+        """The audio track jumps from packet `first_packet` to `next_packet`: what it skips is
+        not played, but its events go out with the next packet sent."""
+        self.audio_packets_skipped += next_packet - first_packet
+        self.unit_for_slot(next_packet // 2)
+        with self._cond:
+            for s, unit in self._recent:
+                if unit is None:
+                    continue
+                low = max(first_packet - 2 * s, 0)
+                high = min(next_packet - 2 * s, 2)
+                if low < high:
+                    self._skip_audio_of(unit, range(low, high))
+
+    def audio_sent(self, unit: Unit | None, k: int, lag_s: float) -> AudioFrame:
+        """Mark frame `k` of `unit` sent (SILENCE when there is no unit) and publish its events,
+        after those of skipped audio."""
+        frame = SILENCE
+        with self._cond:
+            if unit is not None and not unit.audio_sent[k]:
+                unit.audio_sent[k] = True
+                frame = unit.audio[k]
+            elif unit is not None:
+                frame = AudioFrame(unit.audio[k].samples, unit.audio[k].speech)  # events already out
+            late, self._late_events = self._late_events, []
         self.audio_packets_sent += 1
+        self.audio_lag_s = lag_s
+        self.audio_lag_max_s = max(self.audio_lag_max_s, lag_s)
+        self.events_late += len(late)
         if self._on_audio_sent is not None:
-            self._on_audio_sent(frame)
+            self._on_audio_sent(frame, late)
+        return frame
+
+
+class OpusPackets:
+    """20 ms of 16 kHz mono PCM in, one Opus packet out, timed by its packet number."""
+
+    def __init__(self) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.sample_rate = SAMPLE_RATE
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.bit_rate = OPUS_BITRATE
+        codec.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        codec.options = {"application": "voip"}
+        codec.open()
+        self._codec = codec
+
+    def encode(self, pcm: np.ndarray, index: int) -> av.Packet:
+        frame = av.AudioFrame(format="s16", layout="mono", samples=CHUNK)
+        frame.planes[0].update(pcm.tobytes())
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = index * CHUNK
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        packets = self._codec.encode(frame)
+        # libopus gives exactly one packet per 20 ms frame; its own pts carries the encoder's
+        # look-ahead, so the packet is stamped with the frame's place on the clock instead.
+        packet = packets[0] if packets else av.Packet(b"")
+        packet.pts = index * CHUNK
+        packet.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        return packet
 
 
 class PlayerStreamTrack(MediaStreamTrack):
-    """An aiortc track that plays the player's units on the shared slot clock."""
+    """An aiortc track that plays the player's units on the shared slot clock.
+
+    Nothing that goes wrong inside a track may end its stream: an exception is logged and
+    the slot is played as silence (audio) or the previous picture (video).
+    """
 
     def __init__(self, player: HumanPlayer, kind: str) -> None:
         super().__init__()
@@ -190,57 +292,88 @@ class PlayerStreamTrack(MediaStreamTrack):
         self._player = player
         self._count = 0  # frames (video) or 20 ms packets (audio) produced
         self._last_image: np.ndarray | None = None
+        self._opus: OpusPackets | None = None
+        self._error_logged = 0.0
 
-    async def recv(self) -> av.frame.Frame:
+    async def recv(self) -> av.frame.Frame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         if self.kind == "video":
             return await self._recv_video()
         return await self._recv_audio()
 
-    async def _wait(self, slot: float) -> None:
+    async def _wait(self, slot: float) -> float:
+        """Sleep until `slot` starts; how late that already was (0 when on time)."""
         delay = self._player.slot_deadline(slot) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         if self.readyState != "live":
             raise MediaStreamError
+        return max(0.0, -delay)
+
+    def _failed(self, what: str) -> None:
+        self._player.track_errors += 1
+        now = time.monotonic()
+        if now - self._error_logged >= _ERROR_LOG_EVERY_S:
+            self._error_logged = now
+            log.exception("%s track: %s failed; playing on (%d errors so far)", self.kind, what,
+                          self._player.track_errors)
 
     async def _recv_video(self) -> av.VideoFrame:
+        late = await self._wait(self._count)
+        if late > SLOT_SECONDS:
+            # A late frame is worthless (the sound has moved on): show the one due now.
+            now_slot = self._player.slot_now()
+            if now_slot > self._count:
+                self._player.video_slots_skipped += now_slot - self._count
+                self._count = now_slot
         slot = self._count
-        await self._wait(slot)
-        unit = self._player.unit_for_slot(slot)
-        if unit is not None and unit.image is not None:
-            self._last_image = unit.image
-            self._player.frames_fresh += 1
-        else:
-            self._player.frames_repeated += 1
-        image = self._last_image if self._last_image is not None else self._player.poster
-        if image is None:  # no poster either: a black frame keeps the stream alive
-            image = np.zeros((64, 64, 3), dtype=np.uint8)
-        frame = _video_frame(image)
+        try:
+            unit = self._player.unit_for_slot(slot)
+            if unit is not None and unit.image is not None:
+                self._last_image = unit.image
+                self._player.frames_fresh += 1
+            else:
+                self._player.frames_repeated += 1
+            image = self._last_image if self._last_image is not None else self._player.poster
+            if image is None:  # no poster either: a black frame keeps the stream alive
+                image = np.zeros((64, 64, 3), dtype=np.uint8)
+            frame = video_frame(image)
+        except Exception:
+            self._failed("a frame")
+            self._last_image = None
+            frame = video_frame(np.zeros((64, 64, 3), dtype=np.uint8))
         frame.pts = slot * (VIDEO_CLOCK // FPS)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self._count += 1
         self._player.frames_sent += 1
         return frame
 
-    async def _recv_audio(self) -> av.AudioFrame:
+    async def _recv_audio(self) -> av.Packet:
+        late = await self._wait(self._count / 2)
+        if late > MAX_AUDIO_LAG_S:
+            now_packet = self._player.slot_now(SLOT_SECONDS / 2)
+            if now_packet > self._count:
+                log.warning("audio track %.2f s behind the clock: skipping %d packets", late, now_packet - self._count)
+                self._player.skip_audio(self._count, now_packet)
+                self._count = now_packet
+                late = 0.0
         index = self._count
-        await self._wait(index / 2)
-        unit = self._player.unit_for_slot(index // 2)
-        sent = unit.audio[index % 2] if unit is not None else SILENCE
-        self._player.notify_audio_sent(sent)
-        pcm = _to_pcm16(sent.samples) if sent.speech else _SILENT_PCM
-        frame = av.AudioFrame(format="s16", layout="mono", samples=CHUNK)
-        frame.planes[0].update(pcm.tobytes())
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = index * CHUNK
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._count += 1
-        return frame
+        pcm = _SILENT_PCM
+        try:
+            unit = self._player.unit_for_slot(index // 2)
+            sent = self._player.audio_sent(unit, index % 2, late)
+            if sent.speech:
+                pcm = _to_pcm16(sent.samples)
+        except Exception:
+            self._failed("a packet")
+        if self._opus is None:
+            self._opus = OpusPackets()
+        return self._opus.encode(pcm, index)
 
 
-def _video_frame(image: np.ndarray) -> av.VideoFrame:
+def video_frame(image: np.ndarray) -> av.VideoFrame:
     """A frame in the encoder's own format: OpenCV converts to I420 (BT.601, studio range, as
     FFmpeg would) in 0.2 ms where the encoder's converter takes 1.1 ms (512x512)."""
     h, w = image.shape[:2]

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from machine import machine_name  # noqa: E402
-from waiting import post_json, wait_until  # noqa: E402
 
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import mouth_change, sway_box  # noqa: E402
+from waiting import post_json, wait_until  # noqa: E402
 
 SPEECH_RMS = 0.02
 MOUTH_MOVED = 6.0  # mean absolute pixel change of the mouth region from the rest pose
@@ -62,10 +62,11 @@ class Server:
             cwd=ROOT,
         )
 
-    async def wait_ready(self, http: aiohttp.ClientSession) -> None:
+    async def wait_ready(self, http: aiohttp.ClientSession, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         for _ in range(300):
             try:
-                async with http.get(self.url + "/stats") as resp:
+                async with http.get(self.url + "/stats", headers=headers) as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientError:

@@ -41,6 +41,7 @@ class LivePeer:
     audio_prefetch: int | None = None
     # False: count decoded frames without converting them (a load client that only needs rates).
     inspect_video: bool = True
+    token: str | None = None  # the server's --api_token, when it has one
     sessionid: int | None = None
     last_image: np.ndarray | None = None
     _pc: RTCPeerConnection | None = None
@@ -58,8 +59,11 @@ class LivePeer:
             self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
         await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with http.post(
-            f"{self.base_url}/offer", json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+            f"{self.base_url}/offer",
+            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
+            headers=headers,
         ) as resp:
             answer = await resp.json()
             assert resp.status == 200, answer
