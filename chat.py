@@ -24,6 +24,7 @@ from typing import Any
 
 from llm import ChatBackend, LLMError
 from speakable import PieceSplitter, is_cjk
+from ttsreal import SpeechRefused
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # a refusal after that arrives as an error event. Longer than the connect timeout, so an
 # endpoint that is down is still reported in the /human answer.
 OPEN_WAIT_S = 4.0
+QUEUE_FULL_RETRY_S = 0.25  # how often a piece waiting for room in the speech queue tries again
 
 Say = Callable[[str, dict, Any, bool], None]  # (piece, datainfo, voice, opening): BaseReal.say
 Publish = Callable[[dict], None]
@@ -215,10 +217,10 @@ class Conversation:
                 words.append(delta)
                 for piece in splitter.feed(delta):
                     spoken += 1
-                    self._speak(turn, piece, datainfo, voice, spoken, started)
+                    await self._speak(turn, piece, datainfo, voice, spoken, started)
             for piece in splitter.finish():
                 spoken += 1
-                self._speak(turn, piece, datainfo, voice, spoken, started)
+                await self._speak(turn, piece, datainfo, voice, spoken, started)
         except asyncio.CancelledError:
             log.info("session %s: LLM answer cancelled after %d pieces", self.sessionid, spoken)
             raise
@@ -231,13 +233,22 @@ class Conversation:
         turn.written = answer  # the history's answer once all of it is heard
         log.info("session %s: LLM answered %d chars in %.0f ms", self.sessionid, len(answer), _ms(started))
 
-    def _speak(self, turn: _Turn, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
+    async def _speak(self, turn: _Turn, piece: str, datainfo: dict, voice: Any, number: int, started: float) -> None:
         log.info("session %s: piece %d to TTS after %.0f ms: %r", self.sessionid, number, _ms(started), piece[:80])
+        while True:
+            try:
+                # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
+                self._say(piece, datainfo, voice, False)
+                break
+            except SpeechRefused as exc:
+                if exc.status != 429:
+                    raise LLMError(502, f"the answer could not be spoken: {exc.msg}") from None
+                # The session's speech queue is full (a very long answer): wait for it to
+                # drain; the LLM's stream waits meanwhile (TCP back-pressure).
+                await asyncio.sleep(QUEUE_FULL_RETRY_S)
         left = _letters(piece)
         if left:
             self._playing.append(_Piece(turn, piece, left))
-        # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
-        self._say(piece, datainfo, voice, False)
 
     def _fail(self, exc: LLMError, datainfo: dict, opened: asyncio.Future | None = None) -> None:
         """Report to the waiting /human call if there is one, else as an error event."""

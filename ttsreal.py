@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import logging
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+import voices
 from audio_util import CHUNK, SAMPLE_RATE, StreamResampler, to_mono_float
 from speakable import CJK_ENDS, CLOSERS, is_cjk, period_is_not_an_end, spoken_length
 
@@ -72,6 +75,20 @@ class TTSError(RuntimeError):
     connection, missing key): logged without a traceback and shown to the client as is."""
 
 
+class TTSUnavailable(TTSError):
+    """The engine's server did not answer in time: the next sentences would only wait for the
+    same timeout, so they are skipped at once for a while (BaseTTS)."""
+
+
+class SpeechRefused(ValueError):
+    """Text or audio a session will not queue; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+
 class TTSEngine(ABC):
     """A speech synthesiser shared by all sessions; implementations must be thread-safe.
 
@@ -83,6 +100,15 @@ class TTSEngine(ABC):
     # True when the engine returns a sentence only once all of it is synthesized: then the
     # first clause of a message is spoken apart, so the voice starts sooner.
     whole_sentences: bool = False
+    # What a request's tts.ref_file may name (voices.py); the operator's --REF_FILE is free.
+    request_ref: str = voices.NAME
+
+    def request_voice(self, voice: Voice, voices_dir: Path) -> Voice:
+        """A request's voice made safe for this engine: its ref_file resolved as `request_ref`
+        says (a name, or a file inside `voices_dir`). VoiceRefused saying what is accepted."""
+        if voice.ref_file is None:
+            return voice
+        return Voice(voices.resolve(self.request_ref, voice.ref_file, voices_dir), voice.ref_text)
 
     @abstractmethod
     def synthesize(self, text: str, voice: Voice | None = None) -> Iterator[tuple[np.ndarray, int]]:
@@ -101,6 +127,7 @@ class PiperEngine(TTSEngine):
 
     name = "piper"
     whole_sentences = True
+    request_ref = voices.VOICE_FILE
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None) -> None:
         if model_path is None:
@@ -133,8 +160,11 @@ class PiperEngine(TTSEngine):
         if not path.is_file():
             raise FileNotFoundError(f"piper voice not found: {path}")
         started = time.perf_counter()
-        voice = PiperVoice.load(str(path))
-        voice.session = _realtime_session(str(path))
+        try:
+            voice = PiperVoice.load(str(path))
+            voice.session = _realtime_session(str(path))
+        except Exception as exc:  # a broken file or config: say which, not just the key that failed
+            raise TTSError(f"piper voice {path.name} could not be loaded ({type(exc).__name__}: {exc})") from exc
         log.info("piper voice %s loaded in %.1fs", path.name, time.perf_counter() - started)
         return voice
 
@@ -147,6 +177,13 @@ class PiperEngine(TTSEngine):
 
 
 _MAX_EXTRA_VOICES = 4
+
+# What one session may queue for speech (BaseTTS): a long answer fits many times over.
+MAX_TEXT_CHARS = 10_000  # one /human text
+MAX_QUEUED_CHARS = 50_000
+MAX_QUEUED_MESSAGES = 64
+MAX_QUEUED_AUDIO_S = 1200  # two of the longest uploads
+UNAVAILABLE_SKIP_S = 15.0  # after an engine timed out, its sentences are skipped this long
 
 
 def _realtime_session(model_path: str) -> Any:
@@ -315,6 +352,13 @@ def load_tts_engine(opt: Any) -> TTSEngine:
     `TTS_SERVER`); ValueError naming the choices for an unknown engine."""
     name = str(getattr(opt, "tts", None) or "piper").strip().lower()
     if name in _NETWORK_ENGINES:
+        from tts import http_stream
+
+        http_stream.TIMEOUTS = http_stream.Timeouts(
+            getattr(opt, "tts_connect_timeout", None) or http_stream.Timeouts.connect_s,
+            getattr(opt, "tts_first_byte_timeout", None) or http_stream.Timeouts.first_byte_s,
+            getattr(opt, "tts_stall_timeout", None) or http_stream.Timeouts.stall_s,
+        )
         module_name, class_name = _NETWORK_ENGINES[name].split(":")
         engine_cls = getattr(importlib.import_module(module_name), class_name)
         return engine_cls.from_opt(opt)
@@ -335,6 +379,7 @@ _SOFT_BREAKS = ",，、:：;"
 _MAX_LEN = 200
 _CLAUSE_BREAKS = ",，、:："
 _MIN_CLAUSE = 3  # letters each side of a first-clause cut; shorter is not worth the pause
+_LOOK_BACK = 64  # characters before a period that decide whether it ends the sentence
 
 
 def _split_line(line: str) -> list[str]:
@@ -357,7 +402,10 @@ def _split_line(line: str) -> list[str]:
             # English needs a break after it, so "3.14" and "example.com" stay whole.
             cut = j == n or line[j].isspace() or is_cjk(line[j])
             if cut and run.rstrip(CLOSERS) == ".":
-                cut = not period_is_not_an_end(line[start:i])
+                # Only the last words decide (bounded, or "Mr. Mr. Mr. ..." is quadratic); a
+                # cut-off start counts as more than one word before the period.
+                before = line[start:i] if i - start <= _LOOK_BACK else "… " + line[i - _LOOK_BACK : i]
+                cut = not period_is_not_an_end(before)
         if cut:
             pieces.append(line[start:j])
             start = j
@@ -381,10 +429,11 @@ def _cut_long(piece: str) -> list[str]:
     return out
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split text into speakable sentences (English and Chinese), punctuation kept."""
-    sentences: list[str] = []
-    for line in text.splitlines():
+def iter_sentences(text: str) -> Iterator[str]:
+    """The speakable sentences of `text` (English and Chinese), punctuation kept, one at a
+    time: a long text is split as it is spoken, so an interrupt never waits for the split."""
+    held: str | None = None  # the newest sentence, kept until stray punctuation after it is known
+    for line in _lines(text):
         for piece in _split_line(line):
             for part in _cut_long(piece):
                 part = part.strip()
@@ -392,26 +441,52 @@ def split_sentences(text: str) -> list[str]:
                     continue
                 if not any(c.isalnum() for c in part):
                     # Stray punctuation ("...") belongs to the sentence before it.
-                    if sentences:
-                        sentences[-1] += part
+                    if held is not None:
+                        held += part
                     continue
-                sentences.append(part)
-    return sentences
+                if held is not None:
+                    yield held
+                held = part
+    if held is not None:
+        yield held
 
 
-def first_clause_apart(sentences: list[str]) -> list[str]:
+def split_sentences(text: str) -> list[str]:
+    """Split text into speakable sentences (English and Chinese), punctuation kept."""
+    return list(iter_sentences(text))
+
+
+_LINE = re.compile("[^\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")  # str.splitlines' breaks
+
+
+def _lines(text: str) -> Iterator[str]:
+    """text.splitlines(), one line at a time (empty lines say nothing)."""
+    for match in _LINE.finditer(text):
+        yield match.group()
+
+
+def first_clause_apart(sentences: Iterable[str]) -> list[str] | Iterator[str]:
     """Speak the first clause of a message on its own: synthesis time grows with length, so a
-    short first piece starts the voice sooner, and the rest is ready before it ends."""
-    if not sentences:
-        return sentences
-    first = sentences[0]
+    short first piece starts the voice sooner, and the rest is ready before it ends.
+
+    A list gives a list; any other iterable is consumed lazily (only its first sentence now)."""
+    if isinstance(sentences, list):
+        return list(first_clause_apart(iter(sentences)))
+    rest = iter(sentences)
+    first = next(rest, None)
+    if first is None:
+        return rest
+    return itertools.chain(_clause_and_rest(first), rest)
+
+
+def _clause_and_rest(first: str) -> list[str]:
     for i, ch in enumerate(first):
         if ch in _CLAUSE_BREAKS:
             head, tail = first[: i + 1].strip(), first[i + 1 :].strip()
             if spoken_length(head) > _MIN_CLAUSE and spoken_length(tail) > _MIN_CLAUSE:
-                return [head, tail, *sentences[1:]]
+                return [head, tail]
             break
-    return sentences
+    return [first]
 
 
 # --- per-session worker ----------------------------------------------------------------------
@@ -521,6 +596,10 @@ class BaseTTS:
     `on_error(event)` is told, from the worker thread, of each sentence the engine could not
     speak: {"status": "error", "text": sentence, "msg": the engine's message} plus the
     message's datainfo; without it failures are only logged.
+
+    The queue is bounded in messages, characters and seconds of audio: `put_*` raise
+    SpeechRefused (413 for one message over the limit, 429 for a full queue) instead of
+    letting one client fill the server's memory.
     """
 
     def __init__(
@@ -541,6 +620,10 @@ class BaseTTS:
         self._lock = threading.Lock()  # makes flush atomic against put_* and the pending count
         self._generation = 0  # bumped by flush; work from an older generation is abandoned
         self._pending = 0  # messages queued or being spoken
+        self._queued_chars = 0  # text waiting in the queue (not yet taken by the worker)
+        self._queued_audio = 0  # samples waiting in the queue
+        self._unavailable_until = 0.0  # engine timed out: skip sentences until then
+        self._unavailable: Exception = TTSUnavailable("skipped")
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -564,6 +647,8 @@ class BaseTTS:
         answer, which arrive already cut and would only gain pauses.
         """
         if text and text.strip():
+            if len(text) > MAX_TEXT_CHARS:
+                raise SpeechRefused(413, f"text is {len(text)} characters; one request may have {MAX_TEXT_CHARS}")
             self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice), opening=opening))
 
     def put_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
@@ -572,11 +657,36 @@ class BaseTTS:
         if samples.size:
             self._put(_Message(0, dict(datainfo or {}), audio=samples))
 
-    def _put(self, msg: _Message) -> None:
+    def has_room(self, chars: int = 1) -> bool:
+        """Whether a message of `chars` characters would be queued now."""
         with self._lock:
+            return self._queue.qsize() < MAX_QUEUED_MESSAGES and self._queued_chars + chars <= MAX_QUEUED_CHARS
+
+    def _put(self, msg: _Message) -> None:
+        chars = len(msg.text or "")
+        samples = msg.audio.size if msg.audio is not None else 0
+        with self._lock:
+            waiting = self._queue.qsize()
+            if (
+                waiting >= MAX_QUEUED_MESSAGES
+                or self._queued_chars + chars > MAX_QUEUED_CHARS
+                or self._queued_audio + samples > MAX_QUEUED_AUDIO_S * SAMPLE_RATE
+            ):
+                raise SpeechRefused(
+                    429,
+                    f"the session's speech queue is full ({waiting} messages, {self._queued_chars} characters, "
+                    f"{self._queued_audio / SAMPLE_RATE:.0f} s of audio waiting); wait for it or interrupt",
+                )
             msg.generation = self._generation
             self._pending += 1
+            self._queued_chars += chars
+            self._queued_audio += samples
             self._queue.put(msg)
+
+    def _taken(self, msg: _Message) -> None:
+        """The worker took `msg` off the queue (lock held)."""
+        self._queued_chars -= len(msg.text or "")
+        self._queued_audio -= msg.audio.size if msg.audio is not None else 0
 
     def flush(self) -> None:
         """Drop all queued messages and abandon the current sentence now: a network engine's
@@ -594,6 +704,7 @@ class BaseTTS:
                     stop_markers += 1
                 else:
                     self._pending -= 1
+                    self._taken(item)
             for _ in range(stop_markers):  # stop() must still reach the worker
                 self._queue.put(None)
         _abort(inflight)
@@ -623,6 +734,8 @@ class BaseTTS:
             msg = self._queue.get()
             if msg is None:
                 break
+            with self._lock:
+                self._taken(msg)
             try:
                 if msg.generation == self._generation:
                     if msg.text is not None:
@@ -640,17 +753,26 @@ class BaseTTS:
 
     def _speak_text(self, msg: _Message) -> None:
         assert msg.text is not None
-        sentences = split_sentences(msg.text)
+        sentences: Iterable[str] = iter_sentences(msg.text)
         if self.engine.whole_sentences and msg.opening:
             sentences = first_clause_apart(sentences)
         for sentence in sentences:
             if self._abandoned(msg.generation):
                 return
+            if time.monotonic() < self._unavailable_until:
+                # The engine just timed out: waiting for it again per sentence would make a
+                # reply take minutes to fail. Each sentence still gets its error event.
+                self._report_error(sentence, msg, self._unavailable)
+                continue
             try:
                 self._speak_sentence(sentence, msg)
             except Exception as exc:  # skip the sentence, keep the session talking
                 if self._abandoned(msg.generation):
                     return  # the stream failed because the user interrupted it
+                if isinstance(exc, TTSUnavailable):
+                    self._unavailable_until = time.monotonic() + UNAVAILABLE_SKIP_S
+                    self._unavailable = TTSUnavailable(f"skipped: {self.engine.name} did not answer a sentence "
+                                                       f"just before ({exc})")
                 self._report_error(sentence, msg, exc)
 
     def _report_error(self, sentence: str, msg: _Message, exc: Exception) -> None:

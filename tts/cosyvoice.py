@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import aiohttp
 import numpy as np
 
+import voices
 from audio_stream import PcmDecoder
 from tts.base import ServerEngine
 from tts.http_stream import AudioStream, Emit, read_ref_audio, stream_request
@@ -22,6 +23,7 @@ from ttsreal import TTSError, Voice
 
 class CosyVoiceEngine(ServerEngine):
     name = "cosyvoice"
+    request_ref = voices.AUDIO_FILE
 
     def __init__(
         self, server: str, ref_file: str | None = None, ref_text: str | None = None, sample_rate: int | None = None

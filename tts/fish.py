@@ -14,14 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+import voices
 from audio_stream import WavDecoder
 from tts.base import ServerEngine
-from tts.http_stream import AUDIO_SUFFIXES, AudioStream, Emit, read_ref_audio, stream_request
+from tts.http_stream import AudioStream, Emit, read_ref_audio, stream_request
 from ttsreal import Voice
 
 
 class FishEngine(ServerEngine):
     name = "fishtts"
+    request_ref = voices.NAME_OR_AUDIO_FILE
 
     def request(self, text: str, voice: Voice | None) -> dict:
         """The JSON body of POST /v1/tts."""
@@ -32,7 +34,7 @@ class FishEngine(ServerEngine):
             "streaming": True,
             "use_memory_cache": "on",  # the server keeps the reference's encoding between requests
         }
-        if v.ref_file and Path(v.ref_file).suffix.lower() in AUDIO_SUFFIXES:
+        if v.ref_file and Path(v.ref_file).suffix.lower() in voices.AUDIO_SUFFIXES:
             audio = read_ref_audio(self.name, v.ref_file)
             body["references"] = [{"audio": base64.b64encode(audio).decode("ascii"), "text": v.ref_text or ""}]
         elif v.ref_file:

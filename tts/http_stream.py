@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,35 @@ import aiohttp
 import numpy as np
 
 from audio_stream import BadAudio, StreamDecoder, preview
-from ttsreal import TTSError
+from ttsreal import TTSError, TTSUnavailable
+from voices import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[bytes], None]
 Producer = Callable[[Emit], Awaitable[None]]
 
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0  # silence allowed between two reads; a self-hosted GPU server may be slow to start
 ERROR_BODY_BYTES = 4096  # read this much of an error response for the message
+
+
+@dataclass
+class Timeouts:
+    """How long a network engine may take, per sentence (--tts_connect_timeout and friends).
+
+    connect: to open the connection; first_byte: from the request to its first audio byte
+    (a self-hosted engine that writes a whole sentence first needs most of this); stall:
+    after that, the longest stretch that may bring fewer than MIN_PROGRESS_BYTES, so a server
+    that trickles a byte now and then fails as surely as a silent one.
+    """
+
+    connect_s: float = 5.0
+    first_byte_s: float = 10.0
+    stall_s: float = 5.0
+
+
+TIMEOUTS = Timeouts()  # the process's settings: load_tts_engine sets them from the flags
+MIN_PROGRESS_BYTES = 512  # per stall period; the slowest codec here (MP3 at 32 kbit/s) sends 4 KB/s
+WATCH_EVERY_S = 0.25
 
 
 # --- the I/O loop ------------------------------------------------------------------------------
@@ -80,8 +100,13 @@ def _close_session(loop: asyncio.AbstractEventLoop) -> None:
             pass
 
 
-def timeout(read_s: float = READ_TIMEOUT_S) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=read_s)
+def timeout() -> aiohttp.ClientTimeout:
+    """Connect and read timeouts of one request; ByteStream watches the rest (first byte,
+    trickling)."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=TIMEOUTS.connect_s, sock_connect=TIMEOUTS.connect_s,
+        sock_read=max(TIMEOUTS.first_byte_s, TIMEOUTS.stall_s),
+    )
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -92,6 +117,12 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
+
+
+def network_error(msg: str, exc: BaseException) -> TTSError:
+    """TTSUnavailable when the server did not answer in time (the next sentences would wait
+    as long), plain TTSError otherwise (a refusal is quick to repeat, and may be over soon)."""
+    return (TTSUnavailable if isinstance(exc, TimeoutError) else TTSError)(msg)
 
 
 def plain_url(url: Any) -> str:
@@ -113,13 +144,11 @@ async def check_status(label: str, resp: aiohttp.ClientResponse) -> None:
     )
 
 
-async def stream_request(
-    label: str, method: str, url: str, emit: Emit, read_timeout: float = READ_TIMEOUT_S, **kwargs: Any
-) -> None:
+async def stream_request(label: str, method: str, url: str, emit: Emit, **kwargs: Any) -> None:
     """Make a request and emit its body as it arrives; TTSError for any failure."""
     session = await client_session()
     try:
-        async with session.request(method, url, timeout=timeout(read_timeout), **kwargs) as resp:
+        async with session.request(method, url, timeout=timeout(), **kwargs) as resp:
             await check_status(label, resp)
             try:
                 async for data in resp.content.iter_any():
@@ -128,20 +157,18 @@ async def stream_request(
                 resp.close()  # interrupted: drop the connection, do not drain it
                 raise
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TTSError(f"{label}: {method} {plain_url(url)} failed: {describe(exc)}") from None
+        raise network_error(f"{label}: {method} {plain_url(url)} failed: {describe(exc)}", exc) from None
 
 
-async def request_json(
-    label: str, method: str, url: str, read_timeout: float = READ_TIMEOUT_S, **kwargs: Any
-) -> Any:
+async def request_json(label: str, method: str, url: str, **kwargs: Any) -> Any:
     """Make a request whose answer is JSON; TTSError for any failure."""
     session = await client_session()
     try:
-        async with session.request(method, url, timeout=timeout(read_timeout), **kwargs) as resp:
+        async with session.request(method, url, timeout=timeout(), **kwargs) as resp:
             await check_status(label, resp)
             body = await resp.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TTSError(f"{label}: {method} {plain_url(url)} failed: {describe(exc)}") from None
+        raise network_error(f"{label}: {method} {plain_url(url)} failed: {describe(exc)}", exc) from None
     try:
         return json.loads(body)
     except ValueError:
@@ -159,44 +186,41 @@ class HandshakeRefused(TTSError):
 
 @contextlib.asynccontextmanager
 async def websocket(
-    label: str, url: str, headers: dict[str, str] | None = None, read_timeout: float = READ_TIMEOUT_S, **kwargs: Any
+    label: str, url: str, headers: dict[str, str] | None = None, **kwargs: Any
 ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """A websocket to a cloud engine; connection failures become TTSError."""
     session = await client_session()
     try:
-        ws = await session.ws_connect(
-            url,
-            headers=headers,
-            # A short close: when interrupted we do not wait long for the server's goodbye.
-            timeout=aiohttp.ClientWSTimeout(ws_receive=read_timeout, ws_close=2.0),
-            **kwargs,
-        )
+        async with asyncio.timeout(TIMEOUTS.connect_s + TIMEOUTS.first_byte_s):  # the handshake, however slow
+            ws = await session.ws_connect(
+                url,
+                headers=headers,
+                # A short close: when interrupted we do not wait long for the server's goodbye.
+                timeout=aiohttp.ClientWSTimeout(ws_receive=max(TIMEOUTS.first_byte_s, TIMEOUTS.stall_s), ws_close=2.0),
+                **kwargs,
+            )
     except aiohttp.WSServerHandshakeError as exc:
         raise HandshakeRefused(
             f"{label}: {plain_url(url)} refused the websocket: HTTP {exc.status} {exc.message}", exc.status, exc.headers
         ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TTSError(f"{label}: cannot connect to {plain_url(url)}: {describe(exc)}") from None
+        raise network_error(f"{label}: cannot connect to {plain_url(url)}: {describe(exc)}", exc) from None
     try:
         yield ws
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TTSError(f"{label}: websocket {plain_url(url)} failed: {describe(exc)}") from None
+        raise network_error(f"{label}: websocket {plain_url(url)} failed: {describe(exc)}", exc) from None
     finally:
         await ws.close()
 
 
 # --- configuration helpers ---------------------------------------------------------------------
 
-# Reference audio a request may name: only audio files, so that a /human request cannot make
-# the server upload some other local file to the TTS server.
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus", ".aac")
-
-
 def read_ref_audio(label: str, path: str | None) -> bytes:
     """The bytes of a local reference audio file, or TTSError saying what is wrong."""
     if not path:
         raise TTSError(f"{label}: no reference audio; set --REF_FILE or send tts.ref_file")
     file = Path(path).expanduser()
+    # Requests can only name files in the voices folder (voices.py); this guards --REF_FILE.
     if file.suffix.lower() not in AUDIO_SUFFIXES:
         raise TTSError(f"{label}: reference audio {path!r} must be one of {', '.join(AUDIO_SUFFIXES)}")
     try:
@@ -243,12 +267,26 @@ class ByteStream:
         self._items: queue.Queue[Any] = queue.Queue()
         self._aborted = threading.Event()
         self._done = False
+        self._started_at = 0.0
+        self._first_byte_at: float | None = None
+        self._arrivals: deque[tuple[float, int]] = deque()  # (time, bytes) of the last stall period
         self._future = asyncio.run_coroutine_threadsafe(self._run(producer), io_loop())
 
     async def _run(self, producer: Producer) -> None:
+        loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        work = asyncio.ensure_future(producer(self._emit))
         try:
-            await producer(self._emit)
+            while not work.done():
+                await asyncio.wait([work], timeout=WATCH_EVERY_S)
+                problem = None if work.done() else self._stalled(loop.time())
+                if problem is not None:
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    raise TTSUnavailable(f"{self.label}: {problem}")
+            work.result()
         except asyncio.CancelledError:
+            work.cancel()
             self._items.put(_END)
             raise
         except TTSError as exc:
@@ -259,8 +297,26 @@ class ByteStream:
         else:
             self._items.put(_END)
 
+    def _stalled(self, now: float) -> str | None:
+        """Why the request should be given up now, if it should (on the I/O loop)."""
+        if self._first_byte_at is None:
+            if now - self._started_at > TIMEOUTS.first_byte_s:
+                return f"no audio within {TIMEOUTS.first_byte_s:g} s of the request (--tts_first_byte_timeout)"
+            return None
+        while self._arrivals and self._arrivals[0][0] < now - TIMEOUTS.stall_s:
+            self._arrivals.popleft()
+        recent = sum(n for _, n in self._arrivals)
+        if now - self._first_byte_at > TIMEOUTS.stall_s and recent < MIN_PROGRESS_BYTES:
+            return (f"stalled: {recent} bytes of audio in the last {TIMEOUTS.stall_s:g} s "
+                    f"(--tts_stall_timeout)")
+        return None
+
     def _emit(self, data: bytes) -> None:
         if data and not self._aborted.is_set():
+            now = asyncio.get_running_loop().time()
+            if self._first_byte_at is None:
+                self._first_byte_at = now
+            self._arrivals.append((now, len(data)))
             self._items.put(bytes(data))
 
     @property

@@ -19,15 +19,16 @@ from urllib.parse import quote
 import aiohttp
 import numpy as np
 
+import voices
 from audio_stream import WavDecoder, preview
 from tts.base import ServerEngine
 from tts.http_stream import (
-    READ_TIMEOUT_S,
     AudioStream,
     Emit,
     check_status,
     client_session,
     describe,
+    network_error,
     read_ref_audio,
     request_json,
     stream_request,
@@ -49,6 +50,7 @@ ADVANCED = [True, 0.8, 30, 0.8, 0.0, 3, 10.0, 1500]
 class IndexTTS2Engine(ServerEngine):
     name = "indextts2"
     whole_sentences = True
+    request_ref = voices.AUDIO_FILE
 
     def synthesize(self, text: str, voice: Voice | None = None) -> Iterator[tuple[np.ndarray, int]]:
         ref_file = self.voice_for(voice).ref_file
@@ -83,7 +85,7 @@ class IndexTTS2Engine(ServerEngine):
         url = f"{self.server}{API}/call/gen_single/{event_id}"
         session = await client_session()
         try:
-            async with session.get(url, timeout=timeout(2 * READ_TIMEOUT_S)) as resp:
+            async with session.get(url, timeout=timeout()) as resp:
                 await check_status(self.name, resp)
                 event = ""
                 async for raw in resp.content:  # one line at a time
@@ -93,7 +95,7 @@ class IndexTTS2Engine(ServerEngine):
                     elif line.startswith("data:") and event in ("complete", "error"):
                         return _file_path(self.name, event, line[5:].strip())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TTSError(f"{self.name}: GET {url} failed: {describe(exc)}") from None
+            raise network_error(f"{self.name}: GET {url} failed: {describe(exc)}", exc) from None
         raise TTSError(f"{self.name}: the event stream of gen_single ended without a result")
 
 

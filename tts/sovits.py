@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+import voices
 from audio_stream import WavDecoder
 from tts.base import ServerEngine
 from tts.http_stream import AudioStream, Emit, stream_request
@@ -21,6 +22,7 @@ from ttsreal import Voice
 
 class SovitsEngine(ServerEngine):
     name = "gpt-sovits"
+    request_ref = voices.REMOTE_PATH
 
     def __init__(
         self, server: str, ref_file: str | None = None, ref_text: str | None = None, language: str = "zh"

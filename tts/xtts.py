@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import aiohttp
 import numpy as np
 
+import voices
 from audio_stream import WavDecoder
 from tts.base import ServerEngine
 from tts.http_stream import AudioStream, Emit, read_ref_audio, request_json, stream_request
@@ -22,6 +23,7 @@ from ttsreal import TTSError, Voice
 
 class XttsEngine(ServerEngine):
     name = "xtts"
+    request_ref = voices.AUDIO_FILE
 
     def __init__(
         self,
