@@ -21,54 +21,75 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 LISTENER_QUEUE = 256  # events a listener may fall behind by before it is dropped
+LISTENER_BYTES = 256 * 1024  # bytes of events a listener may fall behind by
+MAX_LISTENERS = 8  # per session: a page, an operator's console, a few tools
 HEARTBEAT_S = 15.0  # an idle stream sends a comment this often, which also finds dead connections
 RETRY_MS = 3000  # how soon a browser's EventSource reconnects after a dropped stream
 
 _END = object()  # tells a listener's stream to finish
 
 
-class Listener:
-    """One subscriber's queue of events (already encoded as SSE messages)."""
+class TooManyListeners(Exception):
+    """A session (or the server) has as many event listeners as it allows."""
 
-    def __init__(self, maxsize: int) -> None:
+
+class Listener:
+    """One subscriber's queue of events (already encoded as SSE messages), bounded in count
+    and in bytes."""
+
+    def __init__(self, maxsize: int, max_bytes: int = LISTENER_BYTES) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0
         self.ended = False
 
     def offer(self, message: bytes) -> bool:
         """Queue a message; False (and the listener ends) when it has fallen too far behind."""
         if self.ended:
             return False
+        if self.queued_bytes + len(message) > self._max_bytes:
+            self.end()
+            return False
         try:
             self._queue.put_nowait(message)
-            return True
         except asyncio.QueueFull:
             self.end()
             return False
+        self.queued_bytes += len(message)
+        return True
 
     def end(self) -> None:
         """Finish the stream after what is already queued (or at once, when full)."""
         if self.ended:
             return
         self.ended = True
-        if self._queue.full():
+        if self._queue.full() or self.queued_bytes >= self._max_bytes:
             # Too slow to keep: drop its backlog so the end marker fits.
             while not self._queue.empty():
                 self._queue.get_nowait()
+            self.queued_bytes = 0
         self._queue.put_nowait(_END)
 
     async def get(self, timeout: float) -> bytes | None:
         """The next message; None when the stream should finish; TimeoutError when idle."""
         item = await asyncio.wait_for(self._queue.get(), timeout)
-        return None if item is _END else item
+        if item is _END:
+            return None
+        self.queued_bytes -= len(item)
+        return item
 
 
 class SessionEvents:
     """The event hub of one session. `publish` may be called from any thread."""
 
-    def __init__(self, sessionid: int, loop: asyncio.AbstractEventLoop, maxsize: int = LISTENER_QUEUE) -> None:
+    def __init__(
+        self, sessionid: int, loop: asyncio.AbstractEventLoop, maxsize: int = LISTENER_QUEUE,
+        max_listeners: int = MAX_LISTENERS,
+    ) -> None:
         self.sessionid = sessionid
         self._loop = loop
         self._maxsize = maxsize
+        self.max_listeners = max_listeners
         self._listeners: set[Listener] = set()
         self._observers: list[Callable[[dict], None]] = []
         self._seq = 0
@@ -96,9 +117,12 @@ class SessionEvents:
         self._observers.append(observer)
 
     def subscribe(self) -> Listener:
+        """A new listener; TooManyListeners when the session has its maximum."""
         listener = Listener(self._maxsize)
         if self.closed:
             listener.end()
+        elif len(self._listeners) >= self.max_listeners:
+            raise TooManyListeners(f"session already has {len(self._listeners)} event listeners (the limit)")
         else:
             self._listeners.add(listener)
         return listener
@@ -126,7 +150,11 @@ class SessionEvents:
             except Exception:  # a follower's bug must not cost the listeners their events
                 log.exception("session %s: an event observer failed", self.sessionid)
         self._seq += 1
-        message = encode(event, self._seq)
+        try:
+            message = encode(event, self._seq)
+        except Exception:  # an event no stage could encode must not cost the session its stream
+            log.exception("session %s: could not encode an event", self.sessionid)
+            return
         for listener in list(self._listeners):
             if not listener.offer(message):
                 log.info("session %s: dropped an event listener that fell behind", self.sessionid)
@@ -140,11 +168,14 @@ def encode(event: dict, seq: int) -> bytes:
     object's "status".
     """
     data = json.dumps(event, ensure_ascii=False, default=str)
-    return f"id: {seq}\ndata: {data}\n\n".encode()
+    # Text is cleaned at the edge; "replace" is the last guard against a lone surrogate.
+    return f"id: {seq}\ndata: {data}\n\n".encode("utf-8", "replace")
 
 
 async def stream(request: web.Request, events: SessionEvents, heartbeat_s: float = HEARTBEAT_S) -> web.StreamResponse:
-    """Serve `events` to one listener as text/event-stream until the session or the client ends."""
+    """Serve `events` to one listener as text/event-stream until the session or the client ends.
+
+    Raises TooManyListeners before anything is sent when the session has its maximum."""
     listener = events.subscribe()  # before the headers go out: a client that has them misses nothing
     response = web.StreamResponse(
         headers={
