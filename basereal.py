@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+import priority
 from baseasr import CHUNK, AudioFrame, BaseASR
 from safetext import shown
 from ttsreal import BaseTTS, TTSEngine, Voice
@@ -240,6 +241,7 @@ class BaseReal(ABC):
 
     # --- inference thread: pictures for the queued units ---------------------------------
     def _infer_loop(self) -> None:
+        priority.lower_current_thread(priority.RENDER)  # a late frame is skipped; late sound is not
         self._calibrate()
         stats = _RenderStats(self.sessionid)
         backlog: list[_Job] = []

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
+import priority
 import voices
 from audio_util import CHUNK, SAMPLE_RATE, StreamResampler, to_mono_float
 from speakable import CJK_ENDS, CLOSERS, is_cjk, period_is_not_an_end, spoken_length
@@ -382,8 +383,7 @@ _MIN_CLAUSE = 3  # letters each side of a first-clause cut; shorter is not worth
 _LOOK_BACK = 64  # characters before a period that decide whether it ends the sentence
 
 
-def _split_line(line: str) -> list[str]:
-    pieces: list[str] = []
+def _split_line(line: str) -> Iterator[str]:
     start = i = 0
     n = len(line)
     while i < n:
@@ -407,26 +407,24 @@ def _split_line(line: str) -> list[str]:
                 before = line[start:i] if i - start <= _LOOK_BACK else "… " + line[i - _LOOK_BACK : i]
                 cut = not period_is_not_an_end(before)
         if cut:
-            pieces.append(line[start:j])
+            yield line[start:j]
             start = j
         i = j
-    pieces.append(line[start:])
-    return pieces
+    yield line[start:]
 
 
-def _cut_long(piece: str) -> list[str]:
+def _cut_long(piece: str) -> Iterator[str]:
     """Cut a piece longer than _MAX_LEN at its last comma, else space, else hard at the limit."""
-    out: list[str] = []
-    while len(piece) > _MAX_LEN:
-        window = piece[:_MAX_LEN]
+    start = 0  # what is before it was given out already (no copy of the rest per cut)
+    while len(piece) - start > _MAX_LEN:
+        window = piece[start : start + _MAX_LEN]
         cut = max(window.rfind(c) for c in _SOFT_BREAKS) + 1
         if cut < _MAX_LEN // 4:  # no comma, or one so early the rest is still too long
             space = window.rfind(" ")
             cut = space + 1 if space > _MAX_LEN // 4 else _MAX_LEN
-        out.append(piece[:cut])
-        piece = piece[cut:]
-    out.append(piece)
-    return out
+        yield window[:cut]
+        start += cut
+    yield piece[start:]
 
 
 def iter_sentences(text: str) -> Iterator[str]:
@@ -730,6 +728,7 @@ class BaseTTS:
     # --- worker thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        priority.lower_current_thread(priority.TTS)  # synthesis runs ahead; the stream's pacing comes first
         while not self._stopping.is_set():
             msg = self._queue.get()
             if msg is None:
