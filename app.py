@@ -8,26 +8,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import importlib
 import logging
+import os
+import resource
 import secrets
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+import access
+import admission
 import events
 import httpapi
 import peerwatch
-from audio_util import decode_audio_bytes
-from basereal import BaseReal, EventCallback
+import priority
+from basereal import PROJECT_DIR, BaseReal, EventCallback
 from chat import Conversation
-from httpapi import ApiError, extra_fields, ok, optional_bool, parse_sessionid, read_json, require_str
+from httpapi import (
+    CONTROL_POOL,
+    ApiError,
+    extra_fields,
+    offload,
+    ok,
+    optional_bool,
+    parse_sessionid,
+    read_json,
+    require_str,
+)
 from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
-from ttsreal import TTS_ENGINES, TTSEngine, Voice, load_tts_engine
+from safetext import OneLineFormatter, clean_text, shown
+from ttsreal import TTS_ENGINES, SpeechRefused, TTSEngine, Voice, load_tts_engine
+from uploads import DecoderBusy, UploadDecoder, UploadRefused
+from voices import VoiceRefused
 
 log = logging.getLogger("livetalking")
 
@@ -37,8 +57,19 @@ MODELS = {
     "portrait": "portraitreal:PortraitReal",
     "wav2lip": "lipreal:LipReal",
 }
-CONNECT_TIMEOUT_S = 30.0  # an offer whose peer never connects is dropped after this
+CONNECT_TIMEOUT_S = 10.0  # an offer whose peer never connects is dropped after this
 MAX_UPLOAD_SECONDS = 600.0
+OFFER_LIMIT = 64 * 1024  # bytes of an /offer body
+SDP_LIMIT = 32 * 1024  # a browser's offer is 3-8 KB
+SDP_MAX_MEDIA = 4  # m= sections: the page sends two (video and audio)
+SDP_MAX_CANDIDATES = 64  # each remote candidate costs ICE checks
+PENDING_OFFERS_PER_ADDRESS = 2  # offers not yet connected that one address may hold
+UPLOADS_PER_ADDRESS = 2
+STREAMS_PER_ADDRESS = 16  # /sse listeners per address
+MAX_EVENT_STREAMS = 256  # /sse listeners in all
+UPLOAD_FIELD_LIMIT = 1024  # bytes of a form field other than the file
+FILENAME_LIMIT = 255
+TRIM_AFTER_BYTES = 1 << 20  # after an upload this big, freed heap is handed back to the system
 # /human fields of the API itself; any others are the caller's, echoed in the session's events.
 HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts"}
 
@@ -66,6 +97,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listenport", type=int, default=8010, help="HTTP port (default 8010)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--max_upload_mb", type=float, default=50, help="largest /humanaudio upload (default 50)")
+    p.add_argument("--upload_timeout", type=float, default=60.0,
+                   help="seconds an upload may take to arrive (default 60)")
+    p.add_argument("--api_token", default=None,
+                   help=f"require 'Authorization: Bearer TOKEN' on every API call (or set {access.TOKEN_ENV})")
+    p.add_argument("--cors_origins", default="",
+                   help="other origins whose pages may call the API, comma-separated (default: none, same origin)")
+    p.add_argument("--max_sessions_per_ip", type=int, default=2,
+                   help="sessions one client address may hold, connected or not (default 2)")
+    p.add_argument("--forwarded_allow_ips", default="",
+                   help="reverse proxies (IPs or networks) whose X-Forwarded-For names the client")
+    p.add_argument("--capacity", default="auto",
+                   help="sessions admitted: 'auto' measures what this machine keeps speaking in real time "
+                        "(default), or a number")
+    p.add_argument("--voices_dir", default=str(PROJECT_DIR / "data" / "voices"),
+                   help="the only folder a request's tts.ref_file may name files in (default data/voices)")
+    p.add_argument("--tts_connect_timeout", type=float, default=5.0,
+                   help="network TTS: seconds to connect (default 5)")
+    p.add_argument("--tts_first_byte_timeout", type=float, default=10.0,
+                   help="network TTS: seconds from a sentence's request to its first audio (default 10)")
+    p.add_argument("--tts_stall_timeout", type=float, default=5.0,
+                   help="network TTS: seconds a stream may go (almost) without audio (default 5)")
     p.add_argument("-l", type=int, default=10, help="audio left context in 20 ms frames (default 10)")
     p.add_argument(
         "-m", type=int, default=8, help="middle context (upstream's NeRF window; the lip models use the batch)"
@@ -91,6 +143,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max_session must be at least 1")
     if opt.llm_history < 0:
         p.error("--llm_history must be 0 or more")
+    if opt.max_sessions_per_ip < 1:
+        p.error("--max_sessions_per_ip must be at least 1")
+    try:
+        opt.capacity_fixed = admission.parse_capacity(str(opt.capacity))
+        opt.cors = access.parse_origins(opt.cors_origins)
+    except ValueError as exc:
+        p.error(str(exc))
+    for name in ("tts_connect_timeout", "tts_first_byte_timeout", "tts_stall_timeout", "upload_timeout"):
+        if getattr(opt, name) <= 0:
+            p.error(f"--{name} must be more than 0")
     return opt
 
 
@@ -116,6 +178,7 @@ class LiveTalking:
         self.avatar = self.session_cls.load_avatar(opt)
         self.session_cls.warm_up(opt, self.model, self.avatar)
         self.tts_engine: TTSEngine = load_tts_engine(opt)
+        self.voices_dir = Path(opt.voices_dir)
         self.llm: ChatBackend | None = None
         self.llm_off = ""  # why chat is off, told to whoever asks for it
         try:
@@ -128,13 +191,36 @@ class LiveTalking:
             "loaded model %s, avatar %s, tts %s in %.1fs",
             opt.model, opt.avatar_id, opt.tts, time.perf_counter() - started,
         )
+        self.capacity = admission.Capacity(os.cpu_count() or 1, None, getattr(opt, "capacity_fixed", None))
+        if self.capacity.fixed is None:
+            probe = self.new_session(0)
+            try:
+                self.capacity.cost = admission.measure(probe, self.tts_engine, self.capacity.cores)
+            finally:
+                probe.close()
+        log.info("%s; --max_session %d", self.capacity.describe(), opt.max_session)
+        self.limits = access.AddressLimits(
+            sessions=opt.max_sessions_per_ip,
+            pending_offers=min(PENDING_OFFERS_PER_ADDRESS, opt.max_sessions_per_ip),
+            uploads=UPLOADS_PER_ADDRESS,
+            streams=STREAMS_PER_ADDRESS,
+            trusted_proxies=[p for p in str(getattr(opt, "forwarded_allow_ips", "") or "").split(",")],
+        )
+        self.uploads = UploadDecoder()
         self.sessions: dict[int, BaseReal] = {}
         self.peers: dict[int, RTCPeerConnection] = {}
         self.events: dict[int, events.SessionEvents] = {}
         self.chats: dict[int, Conversation] = {}
+        self._address: dict[int, str] = {}  # the client address that opened each session
+        self._pending: set[int] = set()  # sessions whose peer has not connected yet
         self._closing: dict[int, asyncio.Future] = {}  # sessions being closed, by id
         self._watchers: dict[int, asyncio.Task] = {}  # per connected peer: notices it vanishing
         self._opening = 0  # sessions being built, counted against --max_session
+        self._streams = 0  # /sse listeners in all
+
+    @property
+    def max_sessions(self) -> int:
+        return min(self.opt.max_session, self.capacity.sessions)
 
     # --- sessions ----------------------------------------------------------------------------
     def new_session(self, sessionid: int, on_event: EventCallback | None = None) -> BaseReal:
@@ -168,6 +254,7 @@ class LiveTalking:
         if watcher is not None:
             watcher.cancel()
         conversation = self.chats.pop(sessionid, None)
+        self._release_address(sessionid)
         if session is None and pc is None:
             return
         log.info("closing session %s (%s)", sessionid, reason)
@@ -176,10 +263,19 @@ class LiveTalking:
         if pc is not None:
             await pc.close()
         if session is not None:
-            await asyncio.get_running_loop().run_in_executor(None, session.close)
+            await asyncio.get_running_loop().run_in_executor(self.control_pool, session.close)
         hub = self.events.pop(sessionid, None)
         if hub is not None:
             hub.close(reason)
+
+    def _release_address(self, sessionid: int) -> None:
+        address = self._address.pop(sessionid, None)
+        if address is None:
+            return
+        self.limits.release("session", address)
+        if sessionid in self._pending:
+            self._pending.discard(sessionid)
+            self.limits.release("pending offer", address)
 
     async def close_all(self) -> None:
         for sid in list(self.peers):
@@ -192,21 +288,63 @@ class LiveTalking:
             if sid not in self.sessions:
                 return sid
 
+    @property
+    def control_pool(self) -> ThreadPoolExecutor:
+        return self._control_pool
+
+    def set_pools(self, control: ThreadPoolExecutor) -> None:
+        self._control_pool = control
+
     # --- handlers ------------------------------------------------------------------------------
     async def offer(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json(request, OFFER_LIMIT)
         sdp = require_str(body, "sdp")
         kind = body.get("type", "offer")
         if kind != "offer":
-            raise ApiError(400, f"field 'type' must be 'offer', got {kind!r}")
-        if len(self.sessions) + self._opening >= self.opt.max_session:
-            raise ApiError(503, f"all {self.opt.max_session} sessions are in use (--max_session); try again later")
+            raise ApiError(400, f"field 'type' must be 'offer', got {shown(kind)}")
+        if len(sdp) > SDP_LIMIT:
+            raise ApiError(413, f"the SDP offer is {len(sdp)} characters; the limit is {SDP_LIMIT}")
+        self._admit()
+        address = self.limits.address(request)
+        self.limits.take("session", address)
+        try:
+            self.limits.take("pending offer", address)
+        except ApiError:
+            self.limits.release("session", address)
+            raise
         sessionid = self._new_sessionid()
+        self._address[sessionid] = address
+        self._pending.add(sessionid)
+        try:
+            return await self._open(request, sessionid, sdp)
+        except BaseException:
+            if sessionid not in self.sessions:
+                self._release_address(sessionid)  # never opened: nothing else will release it
+            raise
+
+    def _admit(self) -> None:
+        """503 unless one more session fits: --max_session, and what this machine can keep
+        speaking in real time (measured), and its CPU now."""
+        live = len(self.sessions) + self._opening
+        if live >= self.opt.max_session:
+            raise ApiError(503, f"all {self.opt.max_session} sessions are in use (--max_session); try again later")
+        if live >= self.capacity.sessions:
+            raise ApiError(503, f"the server is at capacity: this machine keeps {self.capacity.sessions} sessions "
+                                f"speaking in real time and all are open; try again later")
+        busy = self.capacity.busy()
+        if busy is not None:
+            raise ApiError(503, f"the server is too busy for another session ({busy}); try again later")
+
+    async def _open(self, request: web.Request, sessionid: int, sdp: str) -> web.Response:
+        try:
+            await offload(request, check_sdp, sdp)
+        except ValueError as exc:
+            raise ApiError(400, f"could not use the SDP offer: {exc}") from None
         loop = asyncio.get_running_loop()
         self._opening += 1
         hub = events.SessionEvents(sessionid, loop)
         try:
-            session = await loop.run_in_executor(None, self.new_session, sessionid, hub.publish)
+            session = await loop.run_in_executor(self.control_pool, self.new_session, sessionid, hub.publish)
         finally:
             self._opening -= 1
         pc = RTCPeerConnection()
@@ -226,7 +364,7 @@ class LiveTalking:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close_session(sessionid, "bad offer")
-            raise ApiError(400, f"could not use the SDP offer: {exc}") from None
+            raise ApiError(400, f"could not use the SDP offer: {shown(str(exc), 200)}") from None
         session.start()
         log.info("session %s opened (%d live)", sessionid, len(self.sessions))
         return web.json_response(
@@ -257,6 +395,9 @@ class LiveTalking:
             log.info("session %s peer %s", sessionid, state)
             if state == "connected":
                 cancel()
+                if sessionid in self._pending:
+                    self._pending.discard(sessionid)
+                    self.limits.release("pending offer", self._address[sessionid])
                 if sessionid in self.peers and sessionid not in self._watchers:
                     self._watchers[sessionid] = loop.create_task(
                         peerwatch.watch_reports(pc, vanished), name=f"peerwatch-{sessionid}"
@@ -269,19 +410,33 @@ class LiveTalking:
         body = await read_json(request)
         session = self.get_session(body.get("sessionid"))
         text = require_str(body, "text")
-        voice = httpapi.optional_voice(body)  # {"tts": {"ref_file", "ref_text"}}: this text's voice
+        voice = self._request_voice(body)
         kind = body.get("type", "echo")
         if kind not in ("echo", "chat"):
-            raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {kind!r}")
+            raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {shown(kind)}")
         conversation = self._conversation(session) if kind == "chat" else None
         datainfo = extra_fields(body, HUMAN_FIELDS)
         if optional_bool(body, "interrupt"):
             await self._interrupt(session)
-        if conversation is not None:
-            await self._ask(conversation, text, datainfo, voice)
-        else:
-            session.say(text, datainfo, voice)
+        try:
+            if conversation is not None:
+                await self._ask(conversation, text, datainfo, voice)
+            else:
+                session.say(text, datainfo, voice)
+        except SpeechRefused as exc:
+            raise ApiError(exc.status, exc.msg) from None
         return ok()
+
+    def _request_voice(self, body: dict) -> Voice | None:
+        """The request's {"tts": ...} voice, made safe for the engine (names and files of the
+        voices folder only)."""
+        voice = httpapi.optional_voice(body)
+        if voice is None:
+            return None
+        try:
+            return self.tts_engine.request_voice(voice, self.voices_dir)
+        except VoiceRefused as exc:
+            raise ApiError(400, str(exc)) from None
 
     def _conversation(self, session: BaseReal) -> Conversation:
         conversation = self.chats.get(session.sessionid)
@@ -305,20 +460,35 @@ class LiveTalking:
     async def humanaudio(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             raise ApiError(400, "send the audio as multipart/form-data with fields 'file' and 'sessionid'")
-        form = await request.post()
-        session = self.get_session(form.get("sessionid"))
-        upload = form.get("file")
-        if upload is None or not hasattr(upload, "file"):
-            raise ApiError(400, "missing file field 'file'")
-        data = upload.file.read()
-        loop = asyncio.get_running_loop()
+        limit = int(self.opt.max_upload_mb * 1024 * 1024)
+        if request.content_length is not None and request.content_length > limit + UPLOAD_FIELD_LIMIT * 4:
+            raise ApiError(413, f"upload is larger than {self.opt.max_upload_mb:g} MB (--max_upload_mb)")
+        address = self.limits.address(request)
+        self.limits.take("upload", address)
         try:
-            audio = await loop.run_in_executor(
-                None, lambda: decode_audio_bytes(data, upload.filename or "", max_seconds=MAX_UPLOAD_SECONDS)
-            )
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        session.say_audio(audio, {"file": upload.filename or ""})
+            fields, data, filename = await read_upload(request, limit, self.opt.upload_timeout)
+            session = self.get_session(fields.get("sessionid"))
+            if data is None:
+                raise ApiError(400, "missing file field 'file'")
+            try:
+                audio = await self.uploads.decode(
+                    data, filename, MAX_UPLOAD_SECONDS, lambda *args: offload(request, *args)
+                )
+            except UploadRefused as exc:
+                raise ApiError(400, str(exc)) from None
+            except DecoderBusy as exc:
+                raise ApiError(503, str(exc)) from None
+            finally:
+                big = len(data) > TRIM_AFTER_BYTES
+                data = None  # the upload's bytes are not needed past the decoder
+                if big:
+                    await offload(request, trim_memory)
+        finally:
+            self.limits.release("upload", address)
+        try:
+            session.say_audio(audio, {"file": filename})
+        except SpeechRefused as exc:
+            raise ApiError(exc.status, exc.msg) from None
         return ok()
 
     async def interrupt_talk(self, request: web.Request) -> web.Response:
@@ -332,78 +502,239 @@ class LiveTalking:
         hub = self.events.get(sessionid)
         if hub is None or sessionid not in self.sessions:
             raise ApiError(404, f"no session {sessionid}; open one with POST /offer")
-        return await events.stream(request, hub)
+        if self._streams >= MAX_EVENT_STREAMS:
+            raise ApiError(503, f"the server has {self._streams} event streams open (its limit); try again later")
+        address = self.limits.address(request)
+        self.limits.take("event stream", address)
+        self._streams += 1
+        try:
+            return await events.stream(request, hub)
+        except events.TooManyListeners as exc:
+            raise ApiError(429, str(exc)) from None
+        finally:
+            self._streams -= 1
+            self.limits.release("event stream", address)
 
     async def is_speaking(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         return ok(self.get_session(body.get("sessionid")).is_speaking)
 
     async def stats(self, request: web.Request) -> web.Response:
-        """Per-session counters for operators and bench/: slots rendered in time vs late.
+        """Per-session counters for operators and bench/: slots rendered in time vs late, and
+        how the sound keeps up with the clock.
 
         Session ids are left out on purpose: they are the sessions' only credential.
         """
-        return ok({"sessions": [
-            {
-                "speaking": s.is_speaking,
-                "slots_played": s.player.slots_played,
-                "slots_missed": s.player.slots_missed,
-                "frames_fresh": s.player.frames_fresh,
-                "frames_repeated": s.player.frames_repeated,
-                "idle_units_dropped": s.player.idle_units_dropped,
-                "frames_sent": s.player.frames_sent,
-                "audio_packets_sent": s.player.audio_packets_sent,
-            }
-            for s in self.sessions.values()
-        ]})
+        return ok({
+            "capacity": self.max_sessions,
+            "event_streams": self._streams,
+            "uploads": {"decoded": self.uploads.decoded, "refused": self.uploads.refused},
+            "sessions": [
+                {
+                    "speaking": s.is_speaking,
+                    "slots_played": s.player.slots_played,
+                    "slots_missed": s.player.slots_missed,
+                    "frames_fresh": s.player.frames_fresh,
+                    "frames_repeated": s.player.frames_repeated,
+                    "idle_units_dropped": s.player.idle_units_dropped,
+                    "frames_sent": s.player.frames_sent,
+                    "video_slots_skipped": s.player.video_slots_skipped,
+                    "audio_packets_sent": s.player.audio_packets_sent,
+                    "audio_packets_skipped": s.player.audio_packets_skipped,
+                    "audio_lag_ms": round(1000 * s.player.audio_lag_s, 1),
+                    "audio_lag_max_ms": round(1000 * s.player.audio_lag_max_s, 1),
+                    "events_late": s.player.events_late,
+                    "track_errors": s.player.track_errors,
+                }
+                for s in self.sessions.values()
+            ],
+        })
+
+
+def check_sdp(sdp: str) -> None:
+    """Parse an offer before aiortc does (in the control pool, so a hostile one costs the
+    streams nothing), refusing what no browser sends: ValueError saying what is wrong."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line causes
+        raise ValueError(f"not an SDP offer ({type(exc).__name__}: {shown(str(exc), 80)})") from None
+    if not description.media:
+        raise ValueError("the offer has no media section")
+    if len(description.media) > SDP_MAX_MEDIA:
+        raise ValueError(f"the offer has {len(description.media)} media sections; at most {SDP_MAX_MEDIA}")
+    candidates = sum(len(m.ice_candidates) for m in description.media)
+    if candidates > SDP_MAX_CANDIDATES:
+        raise ValueError(f"the offer has {candidates} ICE candidates; at most {SDP_MAX_CANDIDATES}")
+
+
+async def read_upload(request: web.Request, limit: int, timeout_s: float) -> tuple[dict[str, str], bytes | None, str]:
+    """The fields of a multipart upload, read as they arrive: the file (at most `limit`
+    bytes), its cleaned filename and the small text fields. 413 / 408 / 400 on a body that is
+    too big, too slow or not a form."""
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    filename = ""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                name = part.name or ""
+                if name == "file":
+                    too_big = f"upload is larger than {limit / 2**20:g} MB (--max_upload_mb)"
+                    data = await _read_part(part, limit, too_big)
+                    filename = clean_text(part.filename or "")[:FILENAME_LIMIT]
+                else:
+                    value = await _read_part(part, UPLOAD_FIELD_LIMIT, f"form field {shown(name)} is too long")
+                    fields[clean_text(name)[:64]] = clean_text(value.decode("utf-8", "replace"))
+    except TimeoutError:
+        raise ApiError(408, f"the upload did not arrive within {timeout_s:g} s (--upload_timeout)") from None
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise ApiError(400, f"not a multipart form: {shown(str(exc), 80)}") from None
+    return fields, data, filename
+
+
+async def _read_part(part: Any, limit: int, too_big: str) -> bytes:
+    if not hasattr(part, "read_chunk"):
+        raise ApiError(400, "nested multipart forms are not accepted")
+    buf = bytearray()
+    while True:
+        chunk = await part.read_chunk(65536)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, too_big)
+
+
+def trim_memory() -> None:
+    """Hand freed heap back to the system after a big upload (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 LIVE = web.AppKey("live", LiveTalking)
+CONTROL_THREADS = 4  # session set-up and close, big JSON, SDP checks, upload hand-off
 
 
 async def index_page(_: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+class AccessLogger(AbstractAccessLogger):
+    """The access log without query strings: /sse?sessionid=...&token=... carries the
+    session's only credential and maybe the API token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.3fs', request.remote, request.method, request.rel_url.path, response.status, duration
+        )
+
+
+# How the HTTP server treats connections: one that sends no complete request within
+# keepalive_timeout is closed (slow or absent headers), and the rest of a refused body is
+# drained for at most lingering_time.
+SERVER_OPTIONS: dict[str, Any] = {"access_log_class": AccessLogger, "keepalive_timeout": 15.0, "lingering_time": 2.0}
+
+
 def build_app(opt: argparse.Namespace) -> web.Application:
     live = LiveTalking(opt)
+    control = ThreadPoolExecutor(
+        CONTROL_THREADS, thread_name_prefix="control",
+        initializer=priority.lower_current_thread, initargs=(priority.CONTROL,),
+    )
+    live.set_pools(control)
+    policy = access.AccessPolicy(access.api_token(opt.api_token), opt.cors, set())
     app = web.Application(
-        client_max_size=int(opt.max_upload_mb * 1024 * 1024),
-        middlewares=[httpapi.envelope_middleware(opt.max_upload_mb)],
+        client_max_size=httpapi.JSON_LIMIT,  # handlers read bodies themselves, with their own limits
+        middlewares=[policy.middleware(), httpapi.envelope_middleware(opt.max_upload_mb)],
     )
     app[LIVE] = live
-    app.router.add_post("/offer", live.offer)
-    app.router.add_post("/human", live.human)
-    app.router.add_post("/humanaudio", live.humanaudio)
-    app.router.add_post("/interrupt_talk", live.interrupt_talk)
-    app.router.add_post("/is_speaking", live.is_speaking)
-    app.router.add_get("/stats", live.stats)
-    app.router.add_get("/sse", live.sse)
+    app[CONTROL_POOL] = control
+
+    def api(method: str, path: str, handler: Any) -> None:
+        app.router.add_route(method, path, handler)
+        policy.api_paths.add(path)
+
+    api("POST", "/offer", live.offer)
+    api("POST", "/human", live.human)
+    api("POST", "/humanaudio", live.humanaudio)
+    api("POST", "/interrupt_talk", live.interrupt_talk)
+    api("POST", "/is_speaking", live.is_speaking)
+    api("GET", "/stats", live.stats)
+    api("GET", "/sse", live.sse)
     app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
+    if policy.needs_token:
+        log.info("API calls need the API token (--api_token / %s)", access.TOKEN_ENV)
+
+    async def on_startup(_: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        # aiortc encodes every video frame in the loop's default executor: it gets a pool of
+        # its own, with a thread per session, that nothing else of ours queues work in.
+        media = ThreadPoolExecutor(
+            opt.max_session + 2, thread_name_prefix="media",
+            initializer=priority.lower_current_thread, initargs=(priority.ENCODE,),
+        )
+        loop.set_default_executor(media)
+        app[MEDIA_POOL] = media
+        live.capacity.start()
+        loop.run_in_executor(control, live.uploads.start)  # the decoders' imports, off the way
 
     async def on_shutdown(_: web.Application) -> None:
         await live.close_all()
         if live.llm is not None:
             await live.llm.aclose()
 
+    async def on_cleanup(_: web.Application) -> None:
+        await live.capacity.stop()
+        await asyncio.get_running_loop().run_in_executor(control, live.uploads.close)
+        control.shutdown(wait=True, cancel_futures=True)
+        if MEDIA_POOL in app:
+            app[MEDIA_POOL].shutdown(wait=False)
+
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app
+
+
+MEDIA_POOL = web.AppKey("media_pool", ThreadPoolExecutor)
+
+
+def raise_open_files_limit() -> None:
+    """Many clients (and their media sockets) need many files: use the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO), handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(opt.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(opt.log_level)
+    raise_open_files_limit()
     try:
         app = build_app(opt)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
     log.info("open http://localhost:%d/ in a browser", opt.listenport)
-    web.run_app(app, host=opt.host, port=opt.listenport, print=None)
+    web.run_app(app, host=opt.host, port=opt.listenport, print=None, **SERVER_OPTIONS)
     return 0
 
 

@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from e2e import Server  # noqa: E402
 from machine import machine_name  # noqa: E402
-from waiting import wait_until  # noqa: E402
 
 from fakellm import FakeLLM, Script  # noqa: E402
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import sway_box  # noqa: E402
 from sseclient import SseClient  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 SPEECH_RMS = 0.02  # a loud packet: speech is clearly audible
 SOUND_RMS = 0.002  # above opus's noise floor: the first quiet onset of the voice

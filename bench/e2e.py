@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from appprocess import AppProcess  # noqa: E402
 from machine import machine_name  # noqa: E402
 
 from livepeer import LivePeer  # noqa: E402
@@ -38,45 +36,16 @@ from waiting import post_json, wait_until  # noqa: E402
 SPEECH_RMS = 0.02
 MOUTH_MOVED = 6.0  # mean absolute pixel change of the mouth region from the rest pose
 LONG_TEXT = " ".join(["This is a long answer that keeps the avatar talking for a while."] * 8)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(AppProcess):
+    """app.py quiet (warnings only), with the benchmark's flags."""
 
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-class Server:
     def __init__(self, extra: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--listenport", str(self.port), "--host", "127.0.0.1",
-             "--log_level", "WARNING", *extra],
-            cwd=ROOT,
-        )
+        super().__init__(["--log_level", "WARNING", *extra])
 
     async def wait_ready(self, http: aiohttp.ClientSession, token: str | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        for _ in range(300):
-            try:
-                async with http.get(self.url + "/stats", headers=headers) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        await super().wait_ready(http)
 
 
 def rest_pose(peer: LivePeer) -> np.ndarray:
@@ -117,9 +86,9 @@ async def interrupt_round(srv: Server, http: aiohttp.ClientSession, peer: LivePe
 
 
 async def cpu_share(srv: Server, seconds: float) -> float:
-    start_cpu, start = process_cpu_seconds(srv.proc.pid), time.monotonic()
+    start_cpu, start = srv.cpu_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
-    return (process_cpu_seconds(srv.proc.pid) - start_cpu) / (time.monotonic() - start)
+    return (srv.cpu_seconds() - start_cpu) / (time.monotonic() - start)
 
 
 async def fresh_fps(http: aiohttp.ClientSession, srv: Server, seconds: float) -> list[float]:
@@ -140,7 +109,9 @@ async def keep_talking(http: aiohttp.ClientSession, srv: Server, peers: list[Liv
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    srv = Server(["--max_session", str(args.max_sessions + 1)])
+    n = str(args.max_sessions + 1)
+    # Scaling is measured, so admission must not stop it: as many sessions as asked for.
+    srv = Server(["--max_session", n, "--max_sessions_per_ip", n, "--capacity", n])
     result: dict = {"bench": "e2e", "machine": machine_name(), "model": "portrait"}
     try:
         async with aiohttp.ClientSession() as http:

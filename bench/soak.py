@@ -2,7 +2,7 @@
 client alongside: against `app.py` started as a subprocess.
 
     .venv/bin/python bench/soak.py --scan 6                 # 1..6 sessions, 40 s each
-    .venv/bin/python bench/soak.py --sessions 4 --minutes 10 --hostile
+    .venv/bin/python bench/soak.py --minutes 10 --hostile   # the sessions the server admits
 
 Each session speaks a three-sentence reply, then the next as soon as the last `end` event of
 the one before arrives, so it talks all the time. Per session, at its real WebRTC peer: audio
@@ -13,7 +13,8 @@ sentences sent. The server process is sampled for RSS, open files and threads ov
 
 `--scan N` ramps from 1 to N speaking sessions and reports how many this machine holds with
 continuous audio (no event lost, lag under LAG_OK_S, 49+ packets/s at every peer).
-Prints JSON.
+`--minutes M` opens as many sessions as the server admits by default (its measured capacity)
+and keeps them speaking for M minutes. Prints JSON.
 """
 
 from __future__ import annotations
@@ -180,8 +181,12 @@ async def open_speakers(srv: Server, http: aiohttp.ClientSession, n: int, token:
     speakers = []
     for _ in range(n):
         peer = LivePeer(srv.url, sway_box(), audio_prefetch=0, inspect_video=False, token=token)
-        await peer.connect(http)
-        await peer.wait_for_media()
+        try:
+            await peer.connect(http)
+            await peer.wait_for_media()
+        except BaseException:
+            await peer.close()
+            raise
         query = f"&token={token}" if token else ""
         events = SseClient(f"{srv.url}/sse?sessionid={peer.sessionid}{query}")
         await events.connect(http)
@@ -231,37 +236,65 @@ def summary(result: dict) -> dict:
     }
 
 
-async def main_async(args: argparse.Namespace) -> dict:
-    extra = ["--max_session", str(max(args.sessions, args.scan) + 1), *args.server_args]
+async def server_stats(http: aiohttp.ClientSession, srv: Server, token: str | None) -> list[dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(srv.url + "/stats", headers=headers) as resp:
+        return (await resp.json())["data"]["sessions"]
+
+
+async def scan(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
+    """1..N sessions, each step speaking for args.seconds (admission off: the scan finds the limit)."""
+    n = str(args.scan)
+    srv = Server(["--max_session", n, "--max_sessions_per_ip", n, "--capacity", n, *args.server_args])
+    steps: dict[int, dict] = {}
+    try:
+        await srv.wait_ready(http)
+        for count in range(1, args.scan + 1):
+            speakers = await open_speakers(srv, http, count, None)
+            run = await speak_for(srv, http, speakers, args.seconds, None, False)
+            stats = await server_stats(http, srv, None)
+            steps[count] = {**summary(run), "server_audio_lag_max_ms": max(s["audio_lag_max_ms"] for s in stats),
+                            "holds": holds(run)}
+            print(f"soak: {count} sessions: {json.dumps(steps[count])}", file=sys.stderr, flush=True)
+            await close_speakers(speakers)
+            await asyncio.sleep(2.0)
+    finally:
+        srv.stop()
+    held = [c for c in steps if all(steps[k]["holds"] for k in range(1, c + 1))]
+    return {"scan": steps, "scan_seconds": args.seconds, "speaking_sessions_with_continuous_audio": max(held or [0])}
+
+
+async def soak(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
+    """The sessions the server admits (or --sessions of them) speaking for args.minutes."""
+    extra = ["--max_session", "16", "--max_sessions_per_ip", "16", "--capacity", args.capacity, *args.server_args]
     if args.token:
         extra += ["--api_token", args.token]
     srv = Server(extra)
-    result: dict = {"bench": "soak", "machine": machine_name(), "model": "portrait"}
     try:
-        async with aiohttp.ClientSession() as http:
-            await srv.wait_ready(http, args.token)
-            if args.scan:
-                scan = {}
-                for n in range(1, args.scan + 1):
-                    speakers = await open_speakers(srv, http, n, args.token)
-                    run = await speak_for(srv, http, speakers, args.seconds, args.token, False)
-                    scan[n] = {**summary(run), "holds": holds(run)}
-                    print(f"soak: {n} sessions: {json.dumps(scan[n])}", file=sys.stderr, flush=True)
-                    await close_speakers(speakers)
-                    await asyncio.sleep(2.0)
-                result["scan"] = scan
-                result["scan_seconds"] = args.seconds
-                result["speaking_sessions_with_continuous_audio"] = max(
-                    [n for n, r in scan.items() if r["holds"] and all(scan[k]["holds"] for k in range(1, n))] or [0]
-                )
-            if args.sessions:
-                speakers = await open_speakers(srv, http, args.sessions, args.token)
-                run = await speak_for(srv, http, speakers, args.minutes * 60, args.token, args.hostile)
-                result["soak"] = {"sessions": args.sessions, "minutes": args.minutes, "hostile": args.hostile,
-                                  **summary(run), "holds": holds(run), **run}
-                await close_speakers(speakers)
+        await srv.wait_ready(http)
+        speakers: list[Speaker] = []
+        while not args.sessions or len(speakers) < args.sessions:
+            try:
+                speakers += await open_speakers(srv, http, 1, args.token)
+            except AssertionError:  # refused: the server's capacity is reached
+                break
+        print(f"soak: {len(speakers)} sessions admitted", file=sys.stderr, flush=True)
+        run = await speak_for(srv, http, speakers, args.minutes * 60, args.token, args.hostile)
+        stats = await server_stats(http, srv, args.token)
+        await close_speakers(speakers)
+        return {"sessions": len(speakers), "minutes": args.minutes, "hostile": args.hostile, **summary(run),
+                "holds": holds(run), "server": stats, **run}
     finally:
         srv.stop()
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    result: dict = {"bench": "soak", "machine": machine_name(), "model": "portrait"}
+    async with aiohttp.ClientSession() as http:
+        if args.scan:
+            result.update(await scan(args, http))
+        if args.minutes:
+            result["soak"] = await soak(args, http)
     return result
 
 
@@ -275,10 +308,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scan", type=int, default=0, help="ramp 1..N speaking sessions")
     parser.add_argument("--seconds", type=float, default=40.0, help="seconds per scan step")
-    parser.add_argument("--sessions", type=int, default=0, help="sessions of the long soak (0: none)")
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--sessions", type=int, default=0,
+                        help="sessions of the long soak (default 0: as many as the server admits)")
+    parser.add_argument("--minutes", type=float, default=0.0, help="length of the long soak (default 0: none)")
     parser.add_argument("--hostile", action="store_true", help="a hostile client alongside the soak")
     parser.add_argument("--token", default=None, help="run the server with this --api_token")
+    parser.add_argument("--capacity", default="auto",
+                        help="the server's --capacity (auto: the server admits what it measured it holds)")
     parser.add_argument("server_args", nargs="*", help="more app.py flags (after --)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))

@@ -4,8 +4,11 @@ tests can also see the session's threads."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +22,28 @@ sys.path.insert(0, str(ROOT))
 import app as livetalking  # noqa: E402
 
 
+def _test_voices() -> Path:
+    """The voices folder of the test servers: one piper voice that exists but cannot load,
+    so a request can make the TTS fail mid-session."""
+    folder = Path(tempfile.mkdtemp(prefix="livetalking-voices-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "broken.onnx").write_bytes(b"this is not an onnx model")
+    (folder / "broken.onnx.json").write_text("{}")
+    return folder
+
+
+VOICES_DIR = _test_voices()
+# Flags every test server gets unless the test gives its own: many sessions from one address
+# however busy the machine is (admission and per-address limits have their own tests).
+TEST_DEFAULTS = {"--max_sessions_per_ip": "8", "--capacity": "8", "--voices_dir": str(VOICES_DIR)}
+
+
 class RunningServer:
     """app.py's application served on 127.0.0.1 from a background event loop."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], defaults: bool = True) -> None:
+        if defaults:
+            argv = [*argv, *(x for flag, value in TEST_DEFAULTS.items() if flag not in argv for x in (flag, value))]
         self.opt = livetalking.parse_args(argv)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
@@ -37,7 +58,7 @@ class RunningServer:
 
     async def _start(self) -> None:
         self.app = await asyncio.get_running_loop().run_in_executor(None, livetalking.build_app, self.opt)
-        self.runner = web.AppRunner(self.app)
+        self.runner = web.AppRunner(self.app, **livetalking.SERVER_OPTIONS)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -12,6 +12,8 @@ from conftest import RunningServer
 from livepeer import LivePeer
 from portrait_geometry import sway_box
 
+JSON = {"Content-Type": "application/json"}
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -34,7 +36,8 @@ def expect_error(server, path: str, status: int, words: str, **kwargs) -> dict:
 @pytest.mark.parametrize(
     ("path", "kwargs", "status", "words"),
     [
-        ("/human", {"data": b"{not json"}, 400, "not valid JSON"),
+        ("/human", {"data": b"{not json", "headers": JSON}, 400, "not valid JSON"),
+        ("/human", {"data": b'{"sessionid": 1, "text": "hi"}'}, 415, "Content-Type: application/json"),
         ("/human", {"json": [1, 2]}, 400, "JSON object"),
         ("/human", {"json": {"text": "hi"}}, 400, "missing field 'sessionid'"),
         ("/human", {"json": {"sessionid": "abc", "text": "hi"}}, 400, "must be an integer"),
@@ -42,7 +45,7 @@ def expect_error(server, path: str, status: int, words: str, **kwargs) -> dict:
         ("/human", {"json": {"sessionid": 1234567890123456, "text": "hi"}}, 404, "no session 1234567890123456"),
         ("/interrupt_talk", {"json": {"sessionid": 1234567890123456}}, 404, "no session"),
         ("/is_speaking", {"json": {"sessionid": "1234567890123456"}}, 404, "no session"),
-        ("/is_speaking", {"data": b""}, 400, "not valid JSON"),
+        ("/is_speaking", {"data": b"", "headers": JSON}, 400, "not valid JSON"),
         ("/offer", {"json": {"type": "offer"}}, 400, "missing field 'sdp'"),
         ("/offer", {"json": {"sdp": 5, "type": "offer"}}, 400, "must be a string"),
         ("/offer", {"json": {"sdp": "v=0", "type": "answer"}}, 400, "must be 'offer'"),

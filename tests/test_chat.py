@@ -11,14 +11,14 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from waiting import post_json as post
-from waiting import wait_until
 
 from conftest import RunningServer
 from fakellm import FakeLLM, Script
 from livepeer import LivePeer
 from portrait_geometry import sway_box
 from sseclient import SseClient
+from waiting import post_json as post
+from waiting import wait_until
 
 SPEECH_RMS = 0.02
 LLM_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY")
@@ -276,9 +276,9 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
             results["drop_event"] = await events.wait_for(
                 lambda e: e["status"] == "error" and e is not results["error_event"], 10
             )
-            # A chat answer speaks in the request's voice: one that does not exist is a TTS error event.
+            # A chat answer speaks in the request's voice: one that does not load is a TTS error event.
             fake_llm.script(Script(words("This voice does not exist.")))
-            bad_voice = {"ref_file": "/nonexistent/voice.onnx"}
+            bad_voice = {"ref_file": "broken"}
             results["bad_voice"] = await post(
                 http, url, {"sessionid": sid, "text": "hi", "type": "chat", "tts": bad_voice, "ticket": 42}
             )
@@ -308,4 +308,4 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
     assert "broke" in r["drop_event"]["msg"]
     assert r["chat_again"][0] == 200
     assert r["bad_voice"][0] == 200
-    assert "voice.onnx" in r["tts_error"]["msg"] and r["tts_error"]["text"] == "This voice does not exist."
+    assert "broken.onnx" in r["tts_error"]["msg"] and r["tts_error"]["text"] == "This voice does not exist."

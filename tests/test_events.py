@@ -8,13 +8,13 @@ import json
 import time
 
 import aiohttp
-from waiting import post_json as post
-from waiting import wait_until
 
 from events import SessionEvents
 from livepeer import LivePeer
 from portrait_geometry import sway_box
 from sseclient import SseClient
+from waiting import post_json as post
+from waiting import wait_until
 
 SPEECH_RMS = 0.02
 

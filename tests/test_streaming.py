@@ -14,11 +14,11 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import soundfile as sf
-from waiting import post_json, wait_until
 
 from livepeer import LivePeer
 from portrait_geometry import mouth_change as crop_change
 from portrait_geometry import sway_box
+from waiting import post_json, wait_until
 
 SPEECH_RMS = 0.02  # louder than this in 20 ms is speech
 SILENT_RMS = 0.002  # quieter than this is silence (opus leaves a little noise)

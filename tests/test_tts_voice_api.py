@@ -8,13 +8,13 @@ import logging
 
 import aiohttp
 import pytest
-from waiting import post_json
 
 from httpapi import ApiError, optional_voice
 from livepeer import LivePeer
 from portrait_geometry import sway_box
 from sseclient import SseClient
 from ttsreal import Voice
+from waiting import post_json
 
 
 def test_optional_voice_reads_the_tts_object() -> None:
@@ -37,7 +37,8 @@ def test_optional_voice_reads_the_tts_object() -> None:
 
 def test_voice_override_travels_from_human_to_the_engine(server, caplog) -> None:
     """/human validates `tts`, then the session speaks the text in that voice: with the default
-    Piper engine a ref_file is a .onnx voice, so a missing one shows the override arrived."""
+    Piper engine a ref_file names a .onnx voice of the voices folder, so one that cannot load
+    shows the override arrived. A path, or a voice the folder lacks, is refused at once."""
 
     async def scenario() -> dict:
         async with aiohttp.ClientSession() as http:
@@ -47,13 +48,16 @@ def test_voice_override_travels_from_human_to_the_engine(server, caplog) -> None
             for name, tts in {
                 "not_object": "voice.onnx",
                 "bad_type": {"ref_file": 5},
-                "override": {"ref_file": "/nonexistent/other-voice.onnx", "ref_text": "unused by piper"},
+                "override": {"ref_file": "broken", "ref_text": "unused by piper"},
+                "a_path": {"ref_file": "/etc/passwd"},
+                "outside": {"ref_file": "../../etc/voice.onnx"},
+                "missing": {"ref_file": "nobody-has-this-voice.onnx"},
             }.items():
                 body = {"sessionid": peer.sessionid, "text": "Hello in another voice.", "tts": tts}
                 async with http.post(f"{server.url}/human", json=body) as resp:
                     results[name] = (resp.status, await resp.json())
             for _ in range(100):  # the TTS worker reports the failure shortly after
-                if "other-voice.onnx" in caplog.text:
+                if "broken.onnx could not be loaded" in caplog.text:
                     break
                 await asyncio.sleep(0.05)
             await peer.close()
@@ -64,7 +68,13 @@ def test_voice_override_travels_from_human_to_the_engine(server, caplog) -> None
     assert results["not_object"][0] == 400 and "must be an object" in results["not_object"][1]["msg"]
     assert results["bad_type"][0] == 400 and "'tts.ref_file' must be a string" in results["bad_type"][1]["msg"]
     assert results["override"] == (200, {"code": 0, "msg": "ok"})
-    assert "piper voice not found: /nonexistent/other-voice.onnx" in caplog.text
+    assert "piper voice broken.onnx could not be loaded" in caplog.text
+    for refused in ("a_path", "outside", "missing"):
+        status, reply = results[refused]
+        assert status == 400, reply
+        assert "voices folder" in reply["msg"], reply
+    # What the folder has is shown, so a caller can pick a voice; nothing about other paths.
+    assert "broken.onnx" in results["missing"][1]["msg"]
 
 
 def test_a_tts_failure_is_reported_in_its_place_between_the_sentences_around_it(server) -> None:
@@ -82,7 +92,7 @@ def test_a_tts_failure_is_reported_in_its_place_between_the_sentences_around_it(
             human = f"{server.url}/human"
             sid = peer.sessionid
             await post_json(http, human, {"sessionid": sid, "text": "This first sentence takes a while to say."})
-            bad = {"ref_file": "/nope/voice.onnx"}
+            bad = {"ref_file": "broken"}
             await post_json(http, human, {"sessionid": sid, "text": "Not in this voice.", "tts": bad, "msg_id": 9})
             await post_json(http, human, {"sessionid": sid, "text": "The third one is heard."})
             await events.wait_for(lambda e: e["status"] == "end" and e["text"] == "The third one is heard.", 20)
@@ -100,4 +110,4 @@ def test_a_tts_failure_is_reported_in_its_place_between_the_sentences_around_it(
         ("end", "The third one is heard."),
     ]
     (error,) = [e for e in seen if e["status"] == "error"]
-    assert error["msg_id"] == 9 and "piper voice not found: /nope/voice.onnx" in error["msg"]
+    assert error["msg_id"] == 9 and "piper voice broken.onnx could not be loaded" in error["msg"]

@@ -17,11 +17,31 @@ function setConnected(connected) {
   $("sessionid").textContent = connected && sessionid !== null ? String(sessionid) : "none";
 }
 
+// A server started with --api_token answers 401 without it: the page asks once and keeps the
+// token in this tab only (sessionStorage), for every call and the event stream.
+const TOKEN_KEY = "livetalking-api-token";
+let token = sessionStorage.getItem(TOKEN_KEY) || "";
+
+function authHeaders(headers = {}) {
+  return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
+}
+
+async function call(path, init) {
+  for (let attempt = 0; ; attempt += 1) {
+    const res = await fetch(path, { ...init, headers: authHeaders(init.headers) });
+    if (res.status !== 401 || attempt > 0) return res;
+    const given = window.prompt("This server needs its API token:");
+    if (!given) return res;
+    token = given.trim();
+    sessionStorage.setItem(TOKEN_KEY, token);
+  }
+}
+
 async function api(path, body) {
   const init = body instanceof FormData
     ? { method: "POST", body }
     : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-  const res = await fetch(path, init);
+  const res = await call(path, init);
   const reply = await res.json();
   if (reply.code !== 0) throw new Error(reply.msg || `HTTP ${res.status}`);
   return reply;
@@ -63,7 +83,7 @@ async function start() {
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
-    const res = await fetch("/offer", {
+    const res = await call("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
@@ -97,7 +117,8 @@ function showSpeaking(speaking) {
 
 // --- session events -------------------------------------------------------------------------
 function listen(id) {
-  events = new EventSource(`/sse?sessionid=${id}`);
+  const auth = token ? `&token=${encodeURIComponent(token)}` : "";
+  events = new EventSource(`/sse?sessionid=${id}${auth}`);
   events.onmessage = (msg) => onEvent(JSON.parse(msg.data));
   // The browser reconnects by itself; once the session is gone the server answers 404 and it stops.
   events.onerror = () => { if (events && events.readyState === EventSource.CLOSED) logEvent({ status: "disconnected" }); };
