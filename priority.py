@@ -15,9 +15,9 @@ import contextlib
 import os
 import threading
 
-TTS = 15  # synthesis runs seconds ahead of playback
-RENDER = 8  # inference and pasting: a late frame is skipped, never waited for
-ENCODE = 5  # VP8 encodes in the media pool: a late frame is skipped too
+TTS = 5  # synthesis runs seconds ahead of playback
+RENDER = 5  # inference and pasting: a late frame is skipped, never waited for
+ENCODE = 3  # VP8 encodes in the media pool: a late frame is skipped too
 CONTROL = 5  # session set-up and close, request parsing
 
 
