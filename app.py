@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 import access
@@ -329,7 +330,8 @@ class LiveTalking:
         if live >= self.opt.max_session:
             raise ApiError(503, f"all {self.opt.max_session} sessions are in use (--max_session); try again later")
         if live >= self.capacity.sessions:
-            raise ApiError(503, f"the server is at capacity: this machine keeps {self.capacity.sessions} sessions "
+            n = self.capacity.sessions
+            raise ApiError(503, f"the server is at capacity: this machine keeps {n} session{'s' * (n != 1)} "
                                 f"speaking in real time and all are open; try again later")
         busy = self.capacity.busy()
         if busy is not None:
@@ -593,7 +595,7 @@ async def read_upload(request: web.Request, limit: int, timeout_s: float) -> tup
                     fields[clean_text(name)[:64]] = clean_text(value.decode("utf-8", "replace"))
     except TimeoutError:
         raise ApiError(408, f"the upload did not arrive within {timeout_s:g} s (--upload_timeout)") from None
-    except (ValueError, AssertionError, KeyError) as exc:
+    except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
         raise ApiError(400, f"not a multipart form: {shown(str(exc), 80)}") from None
     return fields, data, filename
 

@@ -178,6 +178,10 @@ class HumanPlayer:
                 self._start = self._clock()
             return self._start + slot * SLOT_SECONDS
 
+    def now(self) -> float:
+        """The player's clock (time.monotonic, unless a test gives another)."""
+        return self._clock()
+
     def slot_now(self, unit_seconds: float = SLOT_SECONDS) -> int:
         """The slot (or, with unit_seconds 0.02, the audio packet) playing now on the clock."""
         with self._cond:
@@ -304,7 +308,7 @@ class PlayerStreamTrack(MediaStreamTrack):
 
     async def _wait(self, slot: float) -> float:
         """Sleep until `slot` starts; how late that already was (0 when on time)."""
-        delay = self._player.slot_deadline(slot) - time.monotonic()
+        delay = self._player.slot_deadline(slot) - self._player.now()
         if delay > 0:
             await asyncio.sleep(delay)
         if self.readyState != "live":

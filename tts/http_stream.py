@@ -101,11 +101,11 @@ def _close_session(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def timeout() -> aiohttp.ClientTimeout:
-    """Connect and read timeouts of one request; ByteStream watches the rest (first byte,
-    trickling)."""
+    """Connect timeout of one request; ByteStream watches the rest (first byte, stalls) and
+    says which flag to change, so the socket's own read timeout is only a backstop."""
     return aiohttp.ClientTimeout(
         total=None, connect=TIMEOUTS.connect_s, sock_connect=TIMEOUTS.connect_s,
-        sock_read=max(TIMEOUTS.first_byte_s, TIMEOUTS.stall_s),
+        sock_read=TIMEOUTS.first_byte_s + TIMEOUTS.stall_s + 1.0,
     )
 
 
@@ -196,7 +196,9 @@ async def websocket(
                 url,
                 headers=headers,
                 # A short close: when interrupted we do not wait long for the server's goodbye.
-                timeout=aiohttp.ClientWSTimeout(ws_receive=max(TIMEOUTS.first_byte_s, TIMEOUTS.stall_s), ws_close=2.0),
+                timeout=aiohttp.ClientWSTimeout(
+                    ws_receive=TIMEOUTS.first_byte_s + TIMEOUTS.stall_s + 1.0, ws_close=2.0
+                ),
                 **kwargs,
             )
     except aiohttp.WSServerHandshakeError as exc:
