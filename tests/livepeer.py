@@ -42,6 +42,7 @@ class LivePeer:
     # False: count decoded frames without converting them (a load client that only needs rates).
     inspect_video: bool = True
     token: str | None = None  # the server's --api_token, when it has one
+    headers: dict[str, str] = field(default_factory=dict)  # more headers for /offer (X-Forwarded-For)
     sessionid: int | None = None
     last_image: np.ndarray | None = None
     _pc: RTCPeerConnection | None = None
@@ -59,7 +60,7 @@ class LivePeer:
             self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
         await pc.setLocalDescription(await pc.createOffer())
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
         async with http.post(
             f"{self.base_url}/offer",
             json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},

@@ -110,3 +110,27 @@ def test_hub_drops_a_listener_that_falls_behind_and_publishes_from_any_thread():
     assert json.loads(message.decode().split("data: ", 1)[1])["msg"] == "from a thread"
     assert json.loads(closed.decode().split("data: ", 1)[1]) == {"status": "closed", "reason": "bye"}
     assert end is None and late.ended
+
+
+def test_a_session_has_a_bounded_number_of_listeners_each_bounded_in_bytes():
+    """Finding 6: 1000 listeners that never read, plus one 5 MB field, kept 2.9 GB. A session
+    now takes MAX_LISTENERS, and one that falls LISTENER_BYTES behind is dropped."""
+    from events import LISTENER_BYTES, MAX_LISTENERS, TooManyListeners
+
+    async def scenario():
+        hub = SessionEvents(1, asyncio.get_running_loop())
+        listeners = [hub.subscribe() for _ in range(MAX_LISTENERS)]
+        try:
+            hub.subscribe()
+            raise AssertionError("a listener past the limit was accepted")
+        except TooManyListeners as exc:
+            refused = str(exc)
+        reader = listeners[0]
+        for n in range(LISTENER_BYTES // 4000 + 10):  # ~4 KB events, the most a request can attach
+            hub.publish({"status": "start", "text": f"piece {n}", "blob": "x" * 4000})
+            await reader.get(1.0)  # this one keeps up
+        return hub.listener_count, [listener.ended for listener in listeners], refused
+
+    count, ended, refused = asyncio.run(scenario())
+    assert "event listeners" in refused
+    assert count == 1 and ended == [False] + [True] * 7

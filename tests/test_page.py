@@ -65,3 +65,41 @@ def test_page_starts_a_session_and_the_avatar_speaks(server):
             assert page.locator("#sessionid").inner_text() == "none"
         finally:
             browser.close()
+
+
+def test_a_page_on_a_server_with_an_api_token_asks_for_it_once_and_keeps_it_in_the_tab():
+    from conftest import RunningServer
+
+    srv = RunningServer(["--max_session", "2", "--api_token", "page-token"])
+    asked: list[str] = []
+    try:
+        with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            browser = pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = browser.new_page()
+
+                def answer(dialog) -> None:
+                    asked.append(dialog.message)
+                    dialog.accept("page-token")
+
+                page.on("dialog", answer)
+                page.goto(srv.url + "/")
+                page.click("#start")
+                page.wait_for_function("document.querySelector('#sessionid').textContent !== 'none'", timeout=20000)
+                page.fill("#text", "The token works.")
+                page.click("#say")
+                # The event stream carries the token too: the spoken piece reaches the page.
+                page.wait_for_function(
+                    "[...document.querySelectorAll('#transcript .piece.said')]"
+                    ".some(s => s.textContent.includes('works'))",
+                    timeout=20000,
+                )
+                assert page.evaluate("sessionStorage.getItem('livetalking-api-token')") == "page-token"
+                page.click("#stop")
+            finally:
+                browser.close()
+    finally:
+        srv.stop()
+    assert asked == ["This server needs its API token:"]  # asked once, for the first call only

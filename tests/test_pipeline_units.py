@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from baseasr import CHUNK, SILENCE, AudioFrame, BaseASR
@@ -133,3 +135,80 @@ def test_preemption_keeps_as_many_idle_units_as_rendering_needs():
     player.preempt_keep = 5  # a slow model needs 5 slots to render the speech's first batch
     assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
     assert player.idle_units_dropped == 3
+
+
+def spoken_unit(n: int) -> Unit:
+    """A unit whose two audio frames carry the start and end of sentence `n`."""
+    start = AudioFrame(speech(0.1), True, ({"status": "start", "text": f"s{n}"},))
+    end = AudioFrame(speech(0.1), True, ({"status": "end", "text": f"s{n}"},))
+    return Unit(None, (start, end))
+
+
+def test_audio_far_behind_the_video_still_publishes_every_event_late_not_never():
+    """The audio track fell more than the history behind the video track (a stalled loop):
+    the units it can no longer find are never played, but their events go out, in order,
+    with the next packet that is."""
+    published: list[str] = []
+    player = HumanPlayer(capacity=100, on_audio_sent=lambda frame, late: published.extend(
+        f"{e['status']} {e['text']}" for e in [*late, *frame.events]))
+    for n in range(60):
+        player.push(spoken_unit(n))
+    player.unit_for_slot(59)  # the video track is at slot 59
+    # The audio track was at slot 0: slots 0-9 were forgotten (the history keeps 50).
+    sent = player.audio_sent(player.unit_for_slot(10), 0, lag_s=1.2)
+    assert sent.events == ({"status": "start", "text": "s10"},)
+    expected = [f"{kind} s{n}" for n in range(10) for kind in ("start", "end")] + ["start s10"]
+    assert published == expected
+    assert player.events_late == 20 and player.audio_lag_max_s == 1.2
+
+
+def test_audio_that_skips_ahead_publishes_what_it_skipped():
+    published: list[str] = []
+    player = HumanPlayer(capacity=100, on_audio_sent=lambda frame, late: published.extend(
+        f"{e['status']} {e['text']}" for e in [*late, *frame.events]))
+    for n in range(10):
+        player.push(spoken_unit(n))
+    player.audio_sent(player.unit_for_slot(0), 0, 0.0)  # "start s0" played
+    player.skip_audio(1, 8)  # from packet 1 (the end of s0) to packet 8 (the start of s4)
+    player.audio_sent(player.unit_for_slot(4), 0, 0.0)
+    assert published == ["start s0", "end s0", "start s1", "end s1", "start s2", "end s2",
+                         "start s3", "end s3", "start s4"]
+    assert player.audio_packets_skipped == 7
+
+
+def test_an_exception_inside_the_audio_track_is_logged_and_the_sound_goes_on(caplog):
+    """A listener that raises (once, an event with a lone surrogate did) must not end the
+    track: the packet goes out as silence and the next ones play."""
+
+    def broken(frame, late):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    player = HumanPlayer(capacity=8, on_audio_sent=broken)
+    for n in range(3):
+        player.push(spoken_unit(n))
+
+    async def packets():
+        return [await player.audio.recv() for _ in range(6)]
+
+    out = asyncio.run(packets())
+    assert [p.pts for p in out] == [i * 320 for i in range(6)]
+    assert all(p.size > 0 for p in out)  # real Opus packets, one per 20 ms
+    assert player.track_errors == 6
+    assert "audio track: a packet failed; playing on" in caplog.text
+
+
+def test_a_video_track_behind_the_clock_shows_the_frame_due_now():
+    clock = {"now": 100.0}
+    player = HumanPlayer(capacity=8, clock=lambda: clock["now"])
+    player.poster = np.zeros((4, 4, 3), np.uint8)
+
+    async def frames():
+        first = await player.video.recv()  # slot 0 at t=100 (the clock starts here)
+        clock["now"] += 1.0  # a second passes without a frame (a stalled loop)
+        second = await player.video.recv()
+        return first, second
+
+    first, second = asyncio.run(frames())
+    assert first.pts == 0
+    assert second.pts == 25 * 3600  # slot 25, not slot 1: late frames are skipped
+    assert player.video_slots_skipped == 24

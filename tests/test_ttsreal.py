@@ -438,3 +438,30 @@ def test_later_pieces_of_a_streamed_answer_are_not_cut_again(piper, run_tts) -> 
     tts.put_msg_txt("Well, that depends on the weather.", opening=False)
     wait_idle(tts)
     assert [e["text"] for _, e in sink.events if e["status"] == "start"] == ["Well, that depends on the weather."]
+
+
+def test_one_session_can_queue_only_so_much_speech() -> None:
+    """A text over MAX_TEXT_CHARS is a 413; a full queue (messages, characters or seconds of
+    audio) is a 429, and nothing of a refused message is kept."""
+    from ttsreal import MAX_QUEUED_AUDIO_S, MAX_QUEUED_CHARS, MAX_QUEUED_MESSAGES, MAX_TEXT_CHARS, SpeechRefused
+
+    tts = BaseTTS(EspeakEngine(), lambda chunk, event: True)  # not started: nothing is taken off
+    with pytest.raises(SpeechRefused) as too_long:
+        tts.put_msg_txt("a" * (MAX_TEXT_CHARS + 1))
+    assert too_long.value.status == 413
+    for _ in range(MAX_QUEUED_CHARS // MAX_TEXT_CHARS):
+        tts.put_msg_txt("a" * MAX_TEXT_CHARS)
+    with pytest.raises(SpeechRefused) as full:
+        tts.put_msg_txt("one more")
+    assert full.value.status == 429 and "speech queue is full" in full.value.msg
+    tts.flush()  # an interrupt empties it
+    for _ in range(MAX_QUEUED_MESSAGES):
+        tts.put_msg_txt("Hi.")
+    with pytest.raises(SpeechRefused):
+        tts.put_msg_txt("Hi.")
+    tts.flush()
+    tts.put_audio(np.zeros(MAX_QUEUED_AUDIO_S * SAMPLE_RATE, np.float32))
+    with pytest.raises(SpeechRefused):
+        tts.put_audio(np.zeros(SAMPLE_RATE, np.float32))
+    tts.flush()
+    assert tts.has_room(MAX_QUEUED_CHARS) and not tts.is_busy
