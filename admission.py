@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BUDGET = 0.8  # share of the cores sessions may take; the rest is the event loop's and the OS's
+BUDGET = 0.7  # share of the cores sessions may take; the rest is the event loop's and the OS's
 # Per speaking session, what the probe does not time: RTP packetization, SRTP, RTCP, asyncio
 # scheduling, the feeder thread and the event stream (measured with bench/soak.py).
 TRANSPORT_CORES = 0.17
