@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -208,9 +209,19 @@ async def speak_for(srv: Server, http: aiohttp.ClientSession, speakers: list[Spe
             await asyncio.sleep(sample_every)
 
     jobs = [s.talk(http, srv.url, headers, until) for s in speakers] + [sampler()]
+    attacker = None
     if with_hostile:
-        jobs.append(hostile(http, srv.url, headers, until, hostile_counts))
+        # Its own process, niced: a real attacker's CPU is on another machine, so building and
+        # sending its bodies must not take the cores from the server or the listening peers.
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--attack", srv.url, "--minutes", str(seconds / 60),
+            *(["--token", token] if token else []), stdout=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: os.nice(10),
+        )
     await asyncio.gather(*jobs)
+    if attacker is not None:
+        out, _ = await attacker.communicate()
+        hostile_counts = json.loads(out)
     await asyncio.sleep(4.0)  # the last replies finish
     per_session = [s.report(start + 2.0) for s in speakers]
     return {"per_session": per_session, "process": samples, "hostile_answers": hostile_counts}
@@ -266,7 +277,8 @@ async def scan(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
 
 async def soak(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
     """The sessions the server admits (or --sessions of them) speaking for args.minutes."""
-    extra = ["--max_session", "16", "--max_sessions_per_ip", "16", "--capacity", args.capacity, *args.server_args]
+    # The server's own --max_session and capacity decide; one test address may open them all.
+    extra = ["--max_sessions_per_ip", "16", "--capacity", args.capacity, *args.server_args]
     if args.token:
         extra += ["--api_token", args.token]
     srv = Server(extra)
@@ -282,19 +294,37 @@ async def soak(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
         run = await speak_for(srv, http, speakers, args.minutes * 60, args.token, args.hostile)
         stats = await server_stats(http, srv, args.token)
         await close_speakers(speakers)
+        first, last = run["process"][0], run["process"][-1]
+        run["process"] = run["process"][::6]  # every 30 s in the report
         return {"sessions": len(speakers), "minutes": args.minutes, "hostile": args.hostile, **summary(run),
-                "holds": holds(run), "server": stats, **run}
+                "holds": holds(run),
+                "rss_growth_mb": round(last["rss_mb"] - first["rss_mb"], 1),
+                "fds_growth": last["fds"] - first["fds"], "threads_growth": last["threads"] - first["threads"],
+                "server_audio_lag_max_ms": max(s["audio_lag_max_ms"] for s in stats),
+                "server_events_late": sum(s["events_late"] for s in stats), "server": stats, **run}
     finally:
         srv.stop()
 
 
+async def attack(args: argparse.Namespace) -> dict:
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    counts: dict[str, int] = {}
+    async with aiohttp.ClientSession() as http:
+        await hostile(http, args.attack, headers, time.monotonic() + args.minutes * 60, counts)
+    return counts
+
+
 async def main_async(args: argparse.Namespace) -> dict:
+    if args.attack:
+        return await attack(args)
     result: dict = {"bench": "soak", "machine": machine_name(), "model": "portrait"}
     async with aiohttp.ClientSession() as http:
         if args.scan:
             result.update(await scan(args, http))
         if args.minutes:
             result["soak"] = await soak(args, http)
+            for key in ("sessions", "audio_lag_max_s", "events_lost", "rss_growth_mb", "fds_growth", "threads_growth"):
+                result[f"soak_{key}"] = result["soak"][key]
     return result
 
 
@@ -315,6 +345,7 @@ def main() -> None:
     parser.add_argument("--token", default=None, help="run the server with this --api_token")
     parser.add_argument("--capacity", default="auto",
                         help="the server's --capacity (auto: the server admits what it measured it holds)")
+    parser.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # the hostile client's own process
     parser.add_argument("server_args", nargs="*", help="more app.py flags (after --)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
