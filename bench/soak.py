@@ -97,14 +97,18 @@ class Speaker:
             return {"audio_packets_per_s": 0.0}
         span = audio[-1].arrival - audio[0].arrival
         lags = [(a.arrival - audio[0].arrival) - (a.pts - audio[0].pts) / OPUS_RATE for a in audio]
+        base = min(lags)
+        lags = [lag - base for lag in lags]
         gaps = np.diff([a.arrival for a in audio])
         starts = [e["text"] for e in self.events.events if e["status"] == "start" and "reply" in e]
         ends = [e["text"] for e in self.events.events if e["status"] == "end" and "reply" in e]
         return {
             "audio_packets_per_s": round(len(audio) / span, 2) if span else 0.0,
-            "audio_lag_final_s": round(lags[-1] - min(lags), 3),
-            "audio_lag_max_s": round(max(lags) - min(lags), 3),
+            "audio_lag_final_s": round(lags[-1], 3),
+            "audio_lag_max_s": round(max(lags), 3),
             "audio_gap_max_ms": round(float(gaps.max()) * 1000, 1),
+            # Packets that arrived more than LAG_OK_S behind their timestamps, in seconds of sound.
+            "audio_late_s": round(sum(lag > LAG_OK_S for lag in lags) * 0.02, 2),
             "audible_share": round(sum(a.rms > AUDIBLE_RMS for a in audio) / len(audio), 3),
             "sentences_sent": len(self.sent),
             "starts": len(starts),
@@ -241,6 +245,7 @@ def summary(result: dict) -> dict:
         "audio_lag_max_s": max(s.get("audio_lag_max_s", 0) for s in per),
         "audio_packets_per_s_min": min(s.get("audio_packets_per_s", 0) for s in per),
         "audio_gap_max_ms": max(s.get("audio_gap_max_ms", 0) for s in per),
+        "audio_late_s": sum(s.get("audio_late_s", 0) for s in per),
         "audible_share_median": statistics.median(s.get("audible_share", 0) for s in per),
         "events_lost": sum(s.get("events_lost", 0) for s in per),
         "sentences_sent": sum(s.get("sentences_sent", 0) for s in per),
@@ -294,13 +299,15 @@ async def soak(args: argparse.Namespace, http: aiohttp.ClientSession) -> dict:
         run = await speak_for(srv, http, speakers, args.minutes * 60, args.token, args.hostile)
         stats = await server_stats(http, srv, args.token)
         await close_speakers(speakers)
+        if args.keep_log:
+            Path(args.keep_log).write_text(srv.log())
         first, last = run["process"][0], run["process"][-1]
         run["process"] = run["process"][::6]  # every 30 s in the report
         return {"sessions": len(speakers), "minutes": args.minutes, "hostile": args.hostile, **summary(run),
                 "holds": holds(run),
                 "rss_growth_mb": round(last["rss_mb"] - first["rss_mb"], 1),
                 "fds_growth": last["fds"] - first["fds"], "threads_growth": last["threads"] - first["threads"],
-                "server_audio_lag_max_ms": max(s["audio_lag_max_ms"] for s in stats),
+                "server_audio_lag_max_ms": max((s["audio_lag_max_ms"] for s in stats), default=None),
                 "server_events_late": sum(s["events_late"] for s in stats), "server": stats, **run}
     finally:
         srv.stop()
@@ -323,7 +330,8 @@ async def main_async(args: argparse.Namespace) -> dict:
             result.update(await scan(args, http))
         if args.minutes:
             result["soak"] = await soak(args, http)
-            for key in ("sessions", "audio_lag_max_s", "events_lost", "rss_growth_mb", "fds_growth", "threads_growth"):
+            for key in ("sessions", "audio_lag_max_s", "audio_late_s", "server_audio_lag_max_ms", "events_lost",
+                        "rss_growth_mb", "fds_growth", "threads_growth"):
                 result[f"soak_{key}"] = result["soak"][key]
     return result
 
@@ -345,6 +353,7 @@ def main() -> None:
     parser.add_argument("--token", default=None, help="run the server with this --api_token")
     parser.add_argument("--capacity", default="auto",
                         help="the server's --capacity (auto: the server admits what it measured it holds)")
+    parser.add_argument("--keep_log", default=None, help="write the server's log of the soak to this file")
     parser.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # the hostile client's own process
     parser.add_argument("server_args", nargs="*", help="more app.py flags (after --)")
     args = parser.parse_args()
