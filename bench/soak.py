@@ -245,7 +245,7 @@ def summary(result: dict) -> dict:
         "audio_lag_max_s": max(s.get("audio_lag_max_s", 0) for s in per),
         "audio_packets_per_s_min": min(s.get("audio_packets_per_s", 0) for s in per),
         "audio_gap_max_ms": max(s.get("audio_gap_max_ms", 0) for s in per),
-        "audio_late_s": sum(s.get("audio_late_s", 0) for s in per),
+        "audio_late_s": round(sum(s.get("audio_late_s", 0) for s in per), 2),
         "audible_share_median": statistics.median(s.get("audible_share", 0) for s in per),
         "events_lost": sum(s.get("events_lost", 0) for s in per),
         "sentences_sent": sum(s.get("sentences_sent", 0) for s in per),
