@@ -126,7 +126,7 @@ def measure(probe: Any, tts_engine: Any, cores: int) -> SessionCost:
     # A slow model renders every n-th frame (basereal's stride) on one thread per session,
     # so a session's render cost is at most the cores that thread's work can use.
     render = min(25 * inferred_s, float(cores))
-    encode = 25 * vp8_seconds([probe.idle_frame(i) for i in range(16)])
+    encode = 25 * vp8_seconds([probe.renderer.idle_frame(i) for i in range(16)])
     tts = tts_cores(tts_engine)
     cost = SessionCost(render=render, encode=encode, tts=tts)
     log.info("session cost: %.1f ms per inferred frame, %.1f ms per idle frame, VP8 %.1f ms per frame, "

@@ -31,7 +31,7 @@ import events
 import httpapi
 import peerwatch
 import priority
-from basereal import PROJECT_DIR, BaseReal, EventCallback
+from basereal import PROJECT_DIR, BaseReal, EventCallback, LipModel
 from chat import Conversation
 from httpapi import (
     CONTROL_POOL,
@@ -53,10 +53,10 @@ from voices import VoiceRefused
 log = logging.getLogger("livetalking")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-# --model name -> "module:SessionClass"; a model is imported only when chosen.
+# --model name -> "module:LipModel subclass"; a model is imported only when chosen.
 MODELS = {
-    "portrait": "portraitreal:PortraitReal",
-    "wav2lip": "lipreal:LipReal",
+    "portrait": "portraitreal:Portrait",
+    "wav2lip": "lipreal:Wav2Lip",
 }
 CONNECT_TIMEOUT_S = 10.0  # an offer whose peer never connects is dropped after this
 MAX_UPLOAD_SECONDS = 600.0
@@ -80,11 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
     p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
     p.add_argument("--avatar_root", default=None, help="where avatar folders live (default data/avatars)")
-    p.add_argument("--model_path", default=None, help="checkpoint file (default models/wav2lip.pth for wav2lip)")
-    p.add_argument(
-        "--cpu_bf16", action="store_true",
-        help="wav2lip on a CPU with native bfloat16: about 2x faster, pixels differ by about 1/255",
-    )
     p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
     )
@@ -135,9 +130,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--llm_history", type=int, default=10, help="question/answer turns a chat remembers (default 10)")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    # The chosen model adds its own flags; only it is imported.
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--model", default="portrait")
+    name = chosen.parse_known_args(argv)[0].model
+    if name not in MODELS:
+        p.error(f"unknown --model '{name}'; choose one of: {', '.join(MODELS)}")
+    try:
+        model_class(name).add_arguments(p.add_argument_group(f"--model {name}"))
+    except RuntimeError as exc:
+        p.error(str(exc))
     opt = p.parse_args(argv)
-    if opt.model not in MODELS:
-        p.error(f"unknown --model '{opt.model}'; choose one of: {', '.join(MODELS)}")
     if opt.batch_size is not None and opt.batch_size < 1:
         p.error("--batch_size must be at least 1")
     if opt.max_session < 1:
@@ -157,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
-def session_class(model: str) -> type[BaseReal]:
+def model_class(model: str) -> type[LipModel]:
     module_name, class_name = MODELS[model].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -171,13 +174,12 @@ class LiveTalking:
 
     def __init__(self, opt: argparse.Namespace) -> None:
         self.opt = opt
-        self.session_cls = session_class(opt.model)
+        model_cls = model_class(opt.model)
         if opt.avatar_id is None:
-            opt.avatar_id = self.session_cls.default_avatar_id
+            opt.avatar_id = model_cls.default_avatar_id
         started = time.perf_counter()
-        self.model = self.session_cls.load_model(opt)
-        self.avatar = self.session_cls.load_avatar(opt)
-        self.session_cls.warm_up(opt, self.model, self.avatar)
+        self.model = model_cls.load(opt)
+        self.model.warm_up()
         self.tts_engine: TTSEngine = load_tts_engine(opt)
         self.voices_dir = Path(opt.voices_dir)
         self.llm: ChatBackend | None = None
@@ -226,7 +228,7 @@ class LiveTalking:
     # --- sessions ----------------------------------------------------------------------------
     def new_session(self, sessionid: int, on_event: EventCallback | None = None) -> BaseReal:
         """Build one session (blocking; runs in an executor)."""
-        return self.session_cls(self.opt, self.model, self.avatar, self.tts_engine, sessionid, on_event)
+        return BaseReal(self.opt, self.model, self.tts_engine, sessionid, on_event)
 
     def get_session(self, value: Any) -> BaseReal:
         sessionid = parse_sessionid(value)

@@ -1,7 +1,8 @@
 """Audio features for lip sync: 20 ms audio frames in, one feature row per video frame out.
 
-Speech (from TTS or an upload) arrives through `put_audio_frame`; the render thread calls
-`get_batch` for the next `n` video frames (two audio frames each). Each batch sees a sliding
+Speech (from TTS or an upload) arrives through `put_audio_frame`; the session's feeder thread
+calls `get_window` for the next `n` video frames (two audio frames each) and its inference
+thread turns the window into the model's `features`. Each batch sees a sliding
 window: `left` frames already played, the batch's own `2n` frames (the middle) and `right`
 frames of look-ahead. When no speech is queued the window is padded with *filler* silence.
 
@@ -44,9 +45,10 @@ SILENCE = AudioFrame(_SILENT_SAMPLES, speech=False)
 class BaseASR(ABC):
     """Sliding-window feature extraction shared by every model.
 
-    Thread use: `put_audio_frame` from the speech producer (TTS worker), `get_batch` from the
-    render thread, `flush` from the event loop. The input queue is bounded, so a producer that
-    runs ahead of playback blocks (back-pressure) instead of growing memory.
+    Thread use: `put_audio_frame` from the speech producer (TTS worker), `get_window` from the
+    feeder thread, `features` from the inference thread, `flush` from the event loop. The
+    input queue is bounded, so a producer that runs ahead of playback blocks (back-pressure)
+    instead of growing memory.
     """
 
     def __init__(self, left: int = 10, right: int = 10, max_queued_frames: int = 250) -> None:
@@ -58,7 +60,7 @@ class BaseASR(ABC):
         # queue was being emptied is recognised as stale and dropped.
         self._input: queue.Queue[tuple[int | None, AudioFrame]] = queue.Queue(maxsize=max_queued_frames)
         self._epoch = 0
-        self._lock = threading.Lock()  # guards the window against flush() during get_batch()
+        self._lock = threading.Lock()  # guards the window against flush() during get_window()
         # Frames already played (left context); warm-up fills them with silence.
         self._history: deque[AudioFrame] = deque([SILENCE] * left, maxlen=max(left, 1))
         # Frames pulled from the input but not yet played (the previous batch's look-ahead).
@@ -106,6 +108,15 @@ class BaseASR(ABC):
         Features are None when the whole batch is silence: the caller shows idle frames and
         skips inference.
         """
+        batch, window = self.get_window(n_frames)
+        if window is None:
+            return batch, None
+        return batch, self.features(window, self.left, self.right, n_frames)
+
+    def get_window(self, n_frames: int) -> tuple[list[AudioFrame], np.ndarray | None]:
+        """The next `2*n_frames` audio frames and the audio window their features are made
+        of, [left + 2*n_frames + right, 320] (None when the whole batch is silence). The
+        session computes the features later, on its inference thread."""
         middle = n_frames * AUDIO_FRAMES_PER_VIDEO_FRAME
         with self._lock:
             self._fill(middle + self.right)
@@ -115,8 +126,7 @@ class BaseASR(ABC):
             self._history.extend(batch)
         if not any(f.speech for f in batch):
             return batch, None
-        chunks = np.stack([f.samples for f in window])
-        return batch, self.features(chunks, self.left, self.right, n_frames)
+        return batch, np.stack([f.samples for f in window])
 
     def _fill(self, needed: int) -> None:
         while True:

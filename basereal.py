@@ -1,12 +1,17 @@
-"""One streaming session, written once for every model.
+"""One streaming session, written once for every model, and the seam a model plugs into.
 
-    speech (TTS text or uploaded audio) -> BaseASR window -> batched inference ->
+    speech (TTS text or uploaded audio) -> BaseASR window -> features + batched inference ->
     mouth pasted into the full frame -> HumanPlayer units -> WebRTC tracks
 
-A model is a small plug-in: a `BaseReal` subclass that loads its weights and its avatar once
-per server (class methods, shared read-only by all sessions), warms up, infers one batch of
-frames and pastes the mouth back. Everything else (threads, queues, interrupt, idle frames,
-speaking state, logs) lives here.
+A model is a component the session holds, not the session itself:
+- a `LipModel`: weights and avatar, loaded once per server and shared read-only by every
+  session; it declares its own command-line flags and makes the two per-session parts:
+- a `BaseASR` subclass: the sliding audio window and the model's features over it, and
+- a `Renderer`: inference of one batch, paste-back and idle frames for one session.
+Features are computed on the session's inference thread, inside the timed render, so a model
+whose features cost real time (whisper, HuBERT) is planned with its true speed. Everything
+else (threads, queues, interrupt, idle frames, speaking state, logs) lives here. Adding a
+model is its own module plus one line in app.py's MODELS.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ MODEL_ROOT = PROJECT_DIR / "models"
 # enough that speech reaches the wire quickly (each unit is 40 ms of latency).
 PLAYER_SLACK_UNITS = 2
 STATS_INTERVAL_S = 5.0
+WARM_UP_CONTEXT = 10  # audio frames each side of the warm-up's one video frame (the -l/-r default)
 
 EventCallback = Callable[[dict], None]
 
@@ -63,33 +69,8 @@ def mirror_index(index: int, count: int) -> int:
     return pos if turn % 2 == 0 else count - 1 - pos
 
 
-class BaseReal(ABC):
-    """A session. Subclasses implement the model hooks marked abstract."""
-
-    model_name: ClassVar[str]
-    default_avatar_id: ClassVar[str]
-    default_batch_size: ClassVar[int] = 16
-
-    # --- loaded once per server ----------------------------------------------------------
-    @classmethod
-    @abstractmethod
-    def load_model(cls, opt: argparse.Namespace) -> Any:
-        """Weights, shared read-only by every session (None for weight-free models)."""
-
-    @classmethod
-    @abstractmethod
-    def load_avatar(cls, opt: argparse.Namespace) -> Any:
-        """The avatar named by opt.avatar_id, shared read-only by every session."""
-
-    @classmethod
-    def warm_up(cls, opt: argparse.Namespace, model: Any, avatar: Any) -> None:
-        """Run the model once so the first session does not pay for lazy initialisation."""
-        return None
-
-    # --- per session hooks -----------------------------------------------------------------
-    @abstractmethod
-    def make_asr(self) -> BaseASR:
-        """The feature extractor this model needs (left/right context from opt)."""
+class Renderer(ABC):
+    """The pictures of one session: what a model keeps per session (random state, caches)."""
 
     @abstractmethod
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[Any]:
@@ -103,23 +84,63 @@ class BaseReal(ABC):
     def idle_frame(self, index: int) -> np.ndarray:
         """The full BGR frame for session frame `index` when nobody speaks."""
 
+
+class LipModel(ABC):
+    """A lip-sync model with its avatar, loaded once per server, shared read-only."""
+
+    name: ClassVar[str]
+    default_avatar_id: ClassVar[str]
+    default_batch_size: ClassVar[int] = 16
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The model's own command-line flags (added only when it is the chosen --model)."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, opt: argparse.Namespace) -> LipModel:
+        """Weights and the avatar named by opt.avatar_id, with errors that name what is wrong."""
+
+    @abstractmethod
+    def make_asr(self, left: int, right: int) -> BaseASR:
+        """A session's audio window with this model's features."""
+
+    @abstractmethod
+    def renderer(self, sessionid: int) -> Renderer:
+        """A session's renderer."""
+
+    def warm_up(self) -> None:
+        """Run features and inference once, so the first session does not pay for lazy
+        initialisation (kernels chosen, memory allocated)."""
+        started = time.perf_counter()
+        asr = self.make_asr(WARM_UP_CONTEXT, WARM_UP_CONTEXT)
+        window = np.zeros((2 * WARM_UP_CONTEXT + 2, CHUNK), dtype=np.float32)
+        feats = asr.features(window, WARM_UP_CONTEXT, WARM_UP_CONTEXT, 1)
+        renderer = self.renderer(0)
+        renderer.paste_back(renderer.infer(feats, [0])[0], 0)
+        log.info("%s warm-up in %.2fs", self.name, time.perf_counter() - started)
+
+
+class BaseReal:
+    """A session: one model's renderer and audio window driven by the pipeline's threads."""
+
     # --- the pipeline ---------------------------------------------------------------------
     def __init__(
         self,
         opt: argparse.Namespace,
-        model: Any,
-        avatar: Any,
+        model: LipModel,
         tts_engine: TTSEngine,
         sessionid: int,
         on_event: EventCallback | None = None,
     ) -> None:
         self.opt = opt
         self.model = model
-        self.avatar = avatar
         self.sessionid = sessionid
-        self.batch_size = int(getattr(opt, "batch_size", None) or self.default_batch_size)
+        self.batch_size = int(getattr(opt, "batch_size", None) or model.default_batch_size)
         self._on_event = on_event
-        self.asr = self.make_asr()
+        self.asr = model.make_asr(opt.l, opt.r)
+        self.renderer = model.renderer(sessionid)
         self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}", on_error=self._tts_error)
         self.player = HumanPlayer(self.batch_size + PLAYER_SLACK_UNITS, on_audio_sent=self._audio_sent)
         self.speaking = False
@@ -139,7 +160,7 @@ class BaseReal(ABC):
     def start(self) -> None:
         self._started = True
         # The avatar at rest is on screen from the first packet, before any batch is rendered.
-        self.player.poster = self.idle_frame(0)
+        self.player.poster = self.renderer.idle_frame(0)
         self.tts.start()
         for thread in self._threads:
             thread.start()
@@ -227,10 +248,10 @@ class BaseReal(ABC):
         while not self._stop.is_set():
             if not self.player.wait_for_room(self.batch_size, timeout=0.1, urgent=self._speech_waiting):
                 continue
-            frames, feats = self.asr.get_batch(self.batch_size)
+            frames, window = self.asr.get_window(self.batch_size)
             units = [Unit(None, (frames[2 * k], frames[2 * k + 1])) for k in range(self.batch_size)]
             with self._lock:
-                job = _Job(self._generation, units, feats, range(index, index + self.batch_size))
+                job = _Job(self._generation, units, window, range(index, index + self.batch_size))
                 for unit in units:
                     self.player.push(unit)
             self._jobs.put(job)
@@ -260,14 +281,13 @@ class BaseReal(ABC):
             stats.frames_skipped += skipped
             if job is None:
                 continue
-            inferred = job.feats is not None
+            inferred = job.window is not None
             stride = self._stride(inferred)
             live = [k for k, unit in enumerate(job.units) if not unit.gone and job.indices[k] % stride == 0]
             if not live:
                 continue
-            feats = job.feats[live] if inferred else None
             started = time.perf_counter()
-            images = self._render_batch(feats, [job.indices[k] for k in live])
+            images = self._render_batch(job.window, job.indices, live)
             elapsed = time.perf_counter() - started
             for k, image in zip(live, images, strict=True):
                 job.units[k].image = image
@@ -294,11 +314,10 @@ class BaseReal(ABC):
         """Time one idle and one inferred frame before the first speech, so the first batches
         are already planned with the model's real speed."""
         window = np.zeros((self.asr.left + 2 + self.asr.right, CHUNK), dtype=np.float32)
-        feats = self.asr.features(window, self.asr.left, self.asr.right, 1)
         for inferred in (False, True):
             for _ in range(2):  # the first call on a new thread pays one-time set-up costs
                 started = time.perf_counter()
-                self._render_batch(feats if inferred else None, [0])
+                self._render_batch(window if inferred else None, range(1), [0])
                 self._frame_seconds[inferred] = time.perf_counter() - started
         self._adapt(True, self._frame_seconds[True])
         log.info(
@@ -311,12 +330,11 @@ class BaseReal(ABC):
         (blocking; the session need not be started). The admission estimate uses them."""
         n = min(self.batch_size, 4)
         window = np.zeros((self.asr.left + 2 * n + self.asr.right, CHUNK), dtype=np.float32)
-        feats = self.asr.features(window, self.asr.left, self.asr.right, n)
         costs = []
         for inferred in (False, True):
             for _ in range(2):  # the first batch pays one-time set-up costs
                 started = time.perf_counter()
-                self._render_batch(feats if inferred else None, list(range(n)))
+                self._render_batch(window if inferred else None, range(n), list(range(n)))
                 elapsed = (time.perf_counter() - started) / n
             costs.append(elapsed)
         return costs[0], costs[1]
@@ -340,15 +358,20 @@ class BaseReal(ABC):
         self.player.capacity = self.batch_size + lead
         self.player.preempt_keep = math.ceil(1.25 * self._batch_seconds / SLOT_SECONDS)
 
-    def _render_batch(self, feats: np.ndarray | None, indices: Sequence[int]) -> list[np.ndarray]:
-        if feats is not None:
+    def _render_batch(self, window: np.ndarray | None, indices: Sequence[int], live: list[int]) -> list[np.ndarray]:
+        """Frames `live` (positions in the batch) of a batch of session frames `indices`: the
+        features of `window` (the whole batch's audio), inferred and pasted back, or idle
+        frames when `window` is None (silence)."""
+        wanted = [indices[k] for k in live]
+        if window is not None:
             try:
-                preds = self.infer(feats, indices)
-                return [self.paste_back(p, i) for p, i in zip(preds, indices, strict=True)]
+                feats = self.asr.features(window, self.asr.left, self.asr.right, len(indices))[live]
+                preds = self.renderer.infer(feats, wanted)
+                return [self.renderer.paste_back(p, i) for p, i in zip(preds, wanted, strict=True)]
             except Exception:
                 # A broken batch must not end the session: show idle frames, keep the audio.
                 log.exception("session %s: inference failed; showing idle frames", self.sessionid)
-        return [self.idle_frame(i) for i in indices]
+        return [self.renderer.idle_frame(i) for i in wanted]
 
 
 @dataclass
@@ -357,7 +380,7 @@ class _Job:
 
     generation: int
     units: list[Unit]
-    feats: np.ndarray | None
+    window: np.ndarray | None  # the batch's audio window; None when it is all silence
     indices: range
 
 

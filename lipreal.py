@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from baseasr import BaseASR
-from basereal import MODEL_ROOT, BaseReal, avatar_dir, mirror_index
+from basereal import MODEL_ROOT, LipModel, Renderer, avatar_dir, mirror_index
 from wav2lip.audio import mel_chunks, melspectrogram
 from wav2lip.checkpoint import load_model
 from wav2lip.infer import predict
@@ -134,38 +134,17 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, in
     return out
 
 
-class LipReal(BaseReal):
-    model_name = "wav2lip"
-    default_avatar_id = "wav2lip256_avatar1"
-    default_batch_size = 16  # upstream's default: GPUs like big batches
-    default_model_file = "wav2lip.pth"
+class Wav2LipSession(Renderer):
+    """Wav2Lip keeps nothing per session: every frame is the model's and the avatar's."""
 
-    @classmethod
-    def load_model(cls, opt: argparse.Namespace) -> nn.Module:
-        path = Path(opt.model_path) if getattr(opt, "model_path", None) else MODEL_ROOT / cls.default_model_file
-        started = time.perf_counter()
-        model = load_model(path, cpu_bf16=bool(getattr(opt, "cpu_bf16", False)))
-        device = next(model.parameters()).device
-        log.info("wav2lip weights %s loaded on %s in %.1fs", path, device, time.perf_counter() - started)
-        return model
-
-    @classmethod
-    def load_avatar(cls, opt: argparse.Namespace) -> LipAvatar:
-        return load_lip_avatar(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None)))
-
-    @classmethod
-    def warm_up(cls, opt: argparse.Namespace, model: nn.Module, avatar: LipAvatar) -> None:
-        started = time.perf_counter()
-        predict(model, np.zeros((1, 1, 80, 16), np.float32), avatar.faces[:1].copy())
-        log.info("wav2lip warm-up in %.2fs", time.perf_counter() - started)
-
-    def make_asr(self) -> BaseASR:
-        return LipASR(left=self.opt.l, right=self.opt.r)
+    def __init__(self, net: nn.Module, avatar: LipAvatar) -> None:
+        self.net = net
+        self.avatar = avatar
 
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[np.ndarray]:
         n = len(self.avatar)
         faces = self.avatar.faces[[mirror_index(i, n) for i in indices]]
-        return list(predict(self.model, feats, faces))
+        return list(predict(self.net, feats, faces))
 
     def paste_back(self, pred: np.ndarray, index: int) -> np.ndarray:
         k = mirror_index(index, len(self.avatar))
@@ -173,3 +152,39 @@ class LipReal(BaseReal):
 
     def idle_frame(self, index: int) -> np.ndarray:
         return self.avatar.frames[mirror_index(index, len(self.avatar))]
+
+
+class Wav2Lip(LipModel):
+    name = "wav2lip"
+    default_avatar_id = "wav2lip256_avatar1"
+    default_batch_size = 16  # upstream's default: GPUs like big batches
+    default_model_file = "wav2lip.pth"
+
+    def __init__(self, net: nn.Module, avatar: LipAvatar) -> None:
+        self.net = net
+        self.avatar = avatar
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--model_path", default=None, help=f"checkpoint file (default models/{cls.default_model_file})"
+        )
+        parser.add_argument(
+            "--cpu_bf16", action="store_true",
+            help="on a CPU with native bfloat16: about 2x faster, pixels differ by about 1/255",
+        )
+
+    @classmethod
+    def load(cls, opt: argparse.Namespace) -> Wav2Lip:
+        path = Path(opt.model_path) if getattr(opt, "model_path", None) else MODEL_ROOT / cls.default_model_file
+        started = time.perf_counter()
+        net = load_model(path, cpu_bf16=bool(getattr(opt, "cpu_bf16", False)))
+        device = next(net.parameters()).device
+        log.info("wav2lip weights %s loaded on %s in %.1fs", path, device, time.perf_counter() - started)
+        return cls(net, load_lip_avatar(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None))))
+
+    def make_asr(self, left: int, right: int) -> BaseASR:
+        return LipASR(left=left, right=right)
+
+    def renderer(self, sessionid: int) -> Renderer:
+        return Wav2LipSession(self.net, self.avatar)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from baseasr import BaseASR
-from basereal import BaseReal, avatar_dir
+from basereal import LipModel, Renderer, avatar_dir
 from portrait.features import FEATURE_DIM, frame_features
 from portrait.render import PortraitAvatar, PortraitRenderer
 from webrtc import FPS
@@ -23,32 +23,12 @@ class PortraitASR(BaseASR):
         return frame_features(chunks, left, right, n_frames)
 
 
-class PortraitReal(BaseReal):
-    model_name = "portrait"
-    default_avatar_id = "portrait_astronaut"
-    # Rendering takes a few ms per frame, so small batches keep latency low at no cost.
-    default_batch_size = 4
+class PortraitSession(Renderer):
+    """One session's portrait: its own blinks and head sway (seeded by the session id)."""
 
-    @classmethod
-    def load_model(cls, opt: argparse.Namespace) -> None:
-        return None  # no learned weights
-
-    @classmethod
-    def load_avatar(cls, opt: argparse.Namespace) -> PortraitAvatar:
-        return PortraitAvatar.load(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None)))
-
-    @classmethod
-    def warm_up(cls, opt: argparse.Namespace, model: None, avatar: PortraitAvatar) -> None:
-        renderer = PortraitRenderer(avatar)
-        renderer.render(np.full(FEATURE_DIM, 0.5, dtype=np.float32), 0.0)
-
-    def __init__(self, opt: argparse.Namespace, model: None, avatar: PortraitAvatar, *args, **kwargs) -> None:
-        super().__init__(opt, model, avatar, *args, **kwargs)
-        self._renderer = PortraitRenderer(avatar, seed=self.sessionid % 2**32)
+    def __init__(self, avatar: PortraitAvatar, seed: int) -> None:
+        self._renderer = PortraitRenderer(avatar, seed=seed)
         self._rest = np.zeros(FEATURE_DIM, dtype=np.float32)
-
-    def make_asr(self) -> BaseASR:
-        return PortraitASR(left=self.opt.l, right=self.opt.r)
 
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[np.ndarray]:
         return list(feats)  # the features drive the warp directly
@@ -58,3 +38,23 @@ class PortraitReal(BaseReal):
 
     def idle_frame(self, index: int) -> np.ndarray:
         return self._renderer.render(self._rest, index / FPS)
+
+
+class Portrait(LipModel):
+    name = "portrait"
+    default_avatar_id = "portrait_astronaut"
+    # Rendering takes a few ms per frame, so small batches keep latency low at no cost.
+    default_batch_size = 4
+
+    def __init__(self, avatar: PortraitAvatar) -> None:
+        self.avatar = avatar  # no learned weights: the avatar is the whole model
+
+    @classmethod
+    def load(cls, opt: argparse.Namespace) -> Portrait:
+        return cls(PortraitAvatar.load(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None))))
+
+    def make_asr(self, left: int, right: int) -> BaseASR:
+        return PortraitASR(left=left, right=right)
+
+    def renderer(self, sessionid: int) -> Renderer:
+        return PortraitSession(self.avatar, seed=sessionid % 2**32)

@@ -78,7 +78,7 @@ def test_server_streams_wav2lip_speech_to_a_peer(wav2lip_files):
         "--avatar_id", "w2l_test", "--batch_size", "4", "--max_session", "1",
     ])
     try:
-        y1, y2, x1, x2 = srv.live.avatar.coords[0]
+        y1, y2, x1, x2 = srv.live.model.avatar.coords[0]
         box = (x1 - SWAY_PX, (y1 + y2) // 2 - SWAY_PX, x2 + SWAY_PX, y2 + SWAY_PX)
 
         async def scenario():

@@ -16,14 +16,14 @@ import soundfile as sf
 from conftest import RunningServer
 from livepeer import LivePeer
 from portrait_geometry import mouth_change, sway_box
-from portraitreal import PortraitReal
+from portraitreal import Portrait, PortraitSession
 
 SPEECH_RMS = 0.02
 MOUTH_MOVED = 6.0
 TONE_SECONDS = 2.0
 
 
-class SlowPortrait(PortraitReal):
+class SlowSession(PortraitSession):
     """The portrait model made to infer at about 16 fps, below the 25 fps it must play at."""
 
     frame_delay = 0.06
@@ -31,6 +31,11 @@ class SlowPortrait(PortraitReal):
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[np.ndarray]:
         time.sleep(self.frame_delay * len(indices))
         return super().infer(feats, indices)
+
+
+class SlowPortrait(Portrait):
+    def renderer(self, sessionid: int) -> SlowSession:
+        return SlowSession(self.avatar, seed=sessionid)
 
 
 def voiced_tone() -> bytes:
@@ -48,7 +53,7 @@ def voiced_tone() -> bytes:
 @pytest.fixture(scope="module")
 def slow_server():
     srv = RunningServer(["--max_session", "2"])
-    srv.live.session_cls = SlowPortrait
+    srv.live.model = SlowPortrait(srv.live.model.avatar)
     yield srv
     srv.stop()
 

@@ -10,7 +10,6 @@ The upstream file is a `torch.save` dict whose "state_dict" maps names (often pr
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,21 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import checkpoints
+from checkpoints import CheckpointMismatch, best_device, cpu_has_bf16, load_data, state_dict_of
 from wav2lip import onednn as onednn_kernels
 from wav2lip.model import IMG_SIZE, MEL_BANDS, MEL_STEPS, Wav2Lip256
 
 log = logging.getLogger(__name__)
 
 MODULE_PREFIX = "module."
-MAX_LISTED = 10  # names listed per kind in a mismatch message; a wrong file would list hundreds
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint's names or shapes do not fit Wav2Lip256."""
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+__all__ = ["CheckpointMismatch", "best_device", "cpu_has_bf16", "load_model", "prepare", "read_state_dict"]
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, cpu_bf16: bool = False) -> nn.Module:
@@ -55,62 +48,11 @@ def load_model(path: str | Path, device: str | torch.device | None = None, cpu_b
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's state dict with any "module." prefixes stripped."""
-    # weights_only: a checkpoint is data; refuse pickled code from an untrusted file. Numpy
-    # scalars (a step count or a loss saved next to the weights) are data too.
-    allowed = _numpy_scalar_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways on a foreign file; all mean "not a checkpoint"
-        # torch's own text advises weights_only=False, wrong for a file we cannot trust; keep
-        # only the line naming a disallowed object, if there is one.
-        detail = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), type(e).__name__)
-        raise ValueError(f"cannot read checkpoint {path} as PyTorch weights ({detail}); is it wav2lip256.pth?") from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatch(f"{path} is not a state dict (expected a dict of tensors or {{'state_dict': ...}})")
-    return {_strip_prefix(k): v for k, v in obj.items()}
-
-
-def _numpy_scalar_globals() -> list:
-    import numpy as np
-
-    # numpy 2 moved numpy.core to numpy._core (the old name still works there, with a warning).
-    name = "numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.multiarray"
-    scalar = importlib.import_module(name).scalar
-    kinds = (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)
-    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
-
-
-def _strip_prefix(name: str) -> str:
-    return name[len(MODULE_PREFIX) :] if name.startswith(MODULE_PREFIX) else name
+    return state_dict_of(load_data(path, "wav2lip256.pth"), path, (MODULE_PREFIX,))
 
 
 def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise CheckpointMismatch listing missing and unexpected names and the first shape mismatch."""
-    expected = model.state_dict()
-    # BatchNorm fills in a missing counter itself (files from before PyTorch 0.4.1 lack it).
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = (k for k, v in expected.items() if k in state and state[k].shape != v.shape)
-    first_bad = next(((k, tuple(expected[k].shape), tuple(state[k].shape)) for k in mismatched), None)
-    if not (missing or unexpected or first_bad):
-        return
-    parts = [f"{source} does not fit Wav2Lip256 (is it wav2lip256.pth?)"]
-    if missing:
-        parts.append(f"{len(missing)} missing: {_listing(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
-    if first_bad:
-        name, want, got = first_bad
-        parts.append(f"first shape mismatch: {name} expected {list(want)} got {list(got)}")
-    raise CheckpointMismatch("; ".join(parts))
-
-
-def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown if len(names) <= MAX_LISTED else f"{shown} and {len(names) - MAX_LISTED} more"
+    checkpoints.check_fit(model, state, source, "Wav2Lip256 (is it wav2lip256.pth?)")
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, prefix_module: bool = False) -> None:
@@ -196,9 +138,3 @@ def prepare(
         kind += " + oneDNN fused conv/add/ReLU, frame by frame"
     log.info("wav2lip ready on %s (%s)", device, kind)
     return model
-
-
-def cpu_has_bf16() -> bool:
-    """True when oneDNN can compute bfloat16 natively on this CPU."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
