@@ -57,6 +57,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 MODELS = {
     "portrait": "portraitreal:Portrait",
     "wav2lip": "lipreal:Wav2Lip",
+    "ultralight": "lightreal:Ultralight",
 }
 CONNECT_TIMEOUT_S = 10.0  # an offer whose peer never connects is dropped after this
 MAX_UPLOAD_SECONDS = 600.0
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
     p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
     p.add_argument("--avatar_root", default=None, help="where avatar folders live (default data/avatars)")
+    p.add_argument("--models_dir", default=None, help="where model files live (default models)")
     p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
     )

@@ -61,6 +61,12 @@ def avatar_dir(avatar_id: str, root: str | Path | None = None) -> Path:
     return path
 
 
+def models_dir(opt: argparse.Namespace) -> Path:
+    """Where the users' model files live (--models_dir, default models/)."""
+    value = getattr(opt, "models_dir", None)
+    return Path(value) if value else MODEL_ROOT
+
+
 def mirror_index(index: int, count: int) -> int:
     """Walk an avatar's frames forward then backward, so a short loop has no jump."""
     if count <= 1:

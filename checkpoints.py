@@ -98,3 +98,65 @@ def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, 
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:MAX_LISTED])
     return shown if len(names) <= MAX_LISTED else f"{shown} and {len(names) - MAX_LISTED} more"
+
+
+@torch.no_grad()
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d into the conv just before it (in place); returns `model`.
+
+    Inference only: the folded model computes conv(x) * scale + shift in one pass instead of
+    two, which saves a full read and write of every activation map.
+    """
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d):
+                _fold(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    if conv.groups != 1 and isinstance(conv, nn.ConvTranspose2d):
+        raise NotImplementedError("grouped transposed convolutions are not folded")
+    # Computed in float64 so that folding adds no rounding of its own.
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    # Output channels are dim 0 of a Conv2d weight [out, in / groups, k, k] (depthwise ones
+    # too) but dim 1 of a ConvTranspose2d weight [in, out, k, k].
+    view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
+    weight = conv.weight.double() * scale.view(view)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    conv.weight.copy_(weight.to(conv.weight.dtype))
+    new_bias = (bias * scale + shift).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias, requires_grad=False)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def load_hf_model(model_cls: Any, folder: Path, what: str) -> Any:
+    """A transformers or diffusers model from a user's Hugging Face folder, offline, checked
+    whole: a file whose names do not fit raises CheckpointMismatch instead of running with
+    random weights where names were missing (the libraries only warn). Legacy names
+    (weight-norm `weight_g`/`weight_v`, a task head's `hubert.` or `model.` prefix, old VAE
+    attention names) are the libraries' own to translate. `what` says what belongs there."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} not found or has no config.json: put {what} there")
+    try:
+        model, info = model_cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    except OSError as exc:  # no weights file, or a corrupt one
+        raise FileNotFoundError(f"cannot load {folder} ({str(exc).splitlines()[0]}): put {what} there") from None
+    missing = list(info.get("missing_keys", ()))
+    mismatched = list(info.get("mismatched_keys", ()))
+    if missing or mismatched:
+        parts = [f"{folder} does not fit {model_cls.__name__} (is it {what}?)"]
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(sorted(missing))}")
+        if mismatched:
+            name, got, want = mismatched[0]
+            parts.append(f"first shape mismatch: {name} expected {list(want)} got {list(got)}")
+        raise CheckpointMismatch("; ".join(parts))
+    return model

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
+from avatar_files import check_counts, load_boxes, numbered_images, read_images
 from baseasr import BaseASR
-from basereal import MODEL_ROOT, LipModel, Renderer, avatar_dir, mirror_index
+from basereal import LipModel, Renderer, avatar_dir, mirror_index, models_dir
 from wav2lip.audio import mel_chunks, melspectrogram
 from wav2lip.checkpoint import load_model
 from wav2lip.infer import predict
@@ -60,41 +58,13 @@ class LipAvatar:
         return len(self.frames)
 
 
-def _numbered_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"avatar folder missing: {folder}")
-    files = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.stem.isdigit()]
-    if not files:
-        raise ValueError(f"no numbered images (00000000.png ...) in {folder}")
-    return sorted(files, key=lambda p: int(p.stem))
-
-
-def _read_images(paths: list[Path], what: str) -> list[np.ndarray]:
-    def read(path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {path}")
-        image.setflags(write=False)
-        return image
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(tqdm(pool.map(read, paths), total=len(paths), desc=f"loading {what}", unit="img", leave=False))
-
-
 def load_lip_avatar(folder: Path) -> LipAvatar:
     """Read an upstream wav2lip avatar folder, with errors that name what is wrong."""
     started = time.perf_counter()
-    coords_path = folder / "coords.pkl"
-    if not coords_path.is_file():
-        raise FileNotFoundError(f"avatar file missing: {coords_path}")
-    with coords_path.open("rb") as f:
-        coords = [tuple(int(v) for v in box) for box in pickle.load(f)]
-    frames = _read_images(_numbered_images(folder / "full_imgs"), "full_imgs")
-    faces = _read_images(_numbered_images(folder / "face_imgs"), "face_imgs")
-    if not len(frames) == len(faces) == len(coords):
-        raise ValueError(
-            f"avatar {folder} is inconsistent: {len(frames)} full_imgs, {len(faces)} face_imgs, {len(coords)} coords"
-        )
+    coords = load_boxes(folder / "coords.pkl")
+    frames = read_images(numbered_images(folder / "full_imgs"), "full_imgs")
+    faces = read_images(numbered_images(folder / "face_imgs"), "face_imgs")
+    check_counts(folder, full_imgs=len(frames), face_imgs=len(faces), coords=len(coords))
     for i, (frame, box) in enumerate(zip(frames, coords, strict=True)):
         y1, y2, x1, x2 = box
         if not (0 <= y1 < y2 <= frame.shape[0] and 0 <= x1 < x2 <= frame.shape[1]):
@@ -176,7 +146,7 @@ class Wav2Lip(LipModel):
 
     @classmethod
     def load(cls, opt: argparse.Namespace) -> Wav2Lip:
-        path = Path(opt.model_path) if getattr(opt, "model_path", None) else MODEL_ROOT / cls.default_model_file
+        path = Path(opt.model_path) if getattr(opt, "model_path", None) else models_dir(opt) / cls.default_model_file
         started = time.perf_counter()
         net = load_model(path, cpu_bf16=bool(getattr(opt, "cpu_bf16", False)))
         device = next(net.parameters()).device

@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 import checkpoints
-from checkpoints import CheckpointMismatch, best_device, cpu_has_bf16, load_data, state_dict_of
+from checkpoints import CheckpointMismatch, best_device, cpu_has_bf16, fuse_batchnorm, load_data, state_dict_of
 from wav2lip import onednn as onednn_kernels
 from wav2lip.model import IMG_SIZE, MEL_BANDS, MEL_STEPS, Wav2Lip256
 
 log = logging.getLogger(__name__)
 
 MODULE_PREFIX = "module."
-__all__ = ["CheckpointMismatch", "best_device", "cpu_has_bf16", "load_model", "prepare", "read_state_dict"]
+__all__ = [
+    "CheckpointMismatch", "best_device", "cpu_has_bf16", "fuse_batchnorm", "load_model", "prepare", "read_state_dict",
+]
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, cpu_bf16: bool = False) -> nn.Module:
@@ -60,43 +62,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, prefix_module: bool = Fa
     prefix = MODULE_PREFIX if prefix_module else ""
     state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state}, Path(path))
-
-
-@torch.no_grad()
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm2d into the conv just before it (in place); returns `model`.
-
-    Inference only: the folded model computes conv(x) * scale + shift in one pass instead of
-    two, which saves a full read and write of every activation map.
-    """
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            conv, bn = seq[i], seq[i + 1]
-            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d):
-                _fold(conv, bn)
-                seq[i + 1] = nn.Identity()
-    return model
-
-
-def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
-    if conv.groups != 1:
-        raise NotImplementedError("grouped convolutions are not folded")
-    # Computed in float64 so that folding adds no rounding of its own.
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.double() - bn.running_mean.double() * scale
-    # Output channels are dim 0 of a Conv2d weight [out, in, k, k] but dim 1 of a
-    # ConvTranspose2d weight [in, out, k, k].
-    view = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
-    weight = conv.weight.double() * scale.view(view)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    conv.weight.copy_(weight.to(conv.weight.dtype))
-    new_bias = (bias * scale + shift).to(conv.weight.dtype)
-    if conv.bias is None:
-        conv.bias = nn.Parameter(new_bias, requires_grad=False)
-    else:
-        conv.bias.copy_(new_bias)
 
 
 def prepare(

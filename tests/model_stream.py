@@ -1,0 +1,81 @@
+"""One scenario every model's server test runs: a real peer watches the mouth while the
+avatar rests, speaks a TTS sentence, and rests again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+
+from conftest import RunningServer
+from livepeer import AudioSample, LivePeer, VideoSample
+
+SPEECH_RMS = 0.02
+TEXT = "Hello there. This is a longer test of lip sync, with a second sentence to say."
+
+
+@dataclass
+class Watched:
+    rest_changes: list[float]  # mean difference from the photo's mouth of each frame at rest
+    speech_changes: list[float]  # ... of each frame while the sentence played
+    speech_video: list[VideoSample]
+    audio: list[AudioSample]  # from the request on
+
+    @property
+    def speech_fps(self) -> float:
+        frames = self.speech_video
+        return (len(frames) - 1) / (frames[-1].arrival - frames[0].arrival)
+
+
+def difference(crop: np.ndarray, rest: np.ndarray) -> float:
+    return float(np.abs(crop.astype(np.int16) - rest.astype(np.int16)).mean())
+
+
+def watch_speech(srv: RunningServer, box: tuple[int, int, int, int]) -> Watched:
+    """`box` (x1, y1, x2, y2) is the mouth region; the avatar is a still photo, so at rest the
+    viewer should see it (within the codec's error) and while speaking the model's mouths."""
+    x1, y1, x2, y2 = box
+    rest = srv.live.model.renderer(0).idle_frame(0)[y1:y2, x1:x2]
+
+    async def scenario() -> Watched:
+        async with aiohttp.ClientSession() as http:
+            peer = LivePeer(srv.url, box)
+            await peer.connect(http)
+            await peer.wait_for_media()
+            await asyncio.sleep(2.0)  # the video encoder's bitrate (and so its quality) settles
+            settled = time.monotonic()
+            await asyncio.sleep(1.0)
+            at_rest = [difference(v.mouth, rest) for v in peer.video_since(settled)]
+            sent = time.monotonic()
+            async with http.post(srv.url + "/human", json={"sessionid": peer.sessionid, "text": TEXT}) as r:
+                assert r.status == 200, await r.text()
+            session = srv.live.sessions[peer.sessionid]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)):
+                await asyncio.sleep(0.05)
+            heard = next(a.arrival for a in peer.audio_since(sent) if a.rms > SPEECH_RMS)
+            while time.monotonic() < deadline and session.is_speaking:
+                await asyncio.sleep(0.05)
+            quiet = time.monotonic()
+            speech_video = [v for v in peer.video_since(heard) if v.arrival < quiet]
+            audio = peer.audio_since(sent)
+            await peer.close()
+        changes = [difference(v.mouth, rest) for v in speech_video]
+        return Watched(at_rest, changes, speech_video, audio)
+
+    return asyncio.run(scenario())
+
+
+def assert_lip_synced_stream(watched: Watched) -> None:
+    """What a viewer notices: the sound plays, the picture keeps 25 fps while it does, the
+    mouth moves with the speech and not at rest."""
+    assert any(a.rms > SPEECH_RMS for a in watched.audio), "no speech audio"
+    assert len(watched.speech_video) > 25, "no video while speaking"
+    assert watched.speech_fps >= 22, f"{watched.speech_fps:.1f} fps while speaking"
+    # At rest: the photo, within VP8's error (a few levels while its bitrate ramps up). While
+    # speaking: the model's mouths (random weights here: anything but the photo).
+    assert max(watched.rest_changes) < 12, f"the mouth moved at rest ({max(watched.rest_changes):.2f})"
+    assert max(watched.speech_changes) > 20, f"the mouth never moved ({max(watched.speech_changes):.2f})"
