@@ -57,6 +57,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 MODELS = {
     "portrait": "portraitreal:Portrait",
     "wav2lip": "lipreal:Wav2Lip",
+    "musetalk": "musereal:MuseTalk",
     "ultralight": "lightreal:Ultralight",
 }
 CONNECT_TIMEOUT_S = 10.0  # an offer whose peer never connects is dropped after this
