@@ -13,32 +13,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
-import shutil
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from avatar_build import (
+    AvatarError,
+    as_bgr,
+    frame_name,
+    no_face_message,
+    read_frames,
+    staged_folder,
+    write_image,
+)
 from wav2lip.face_detect import FaceDetector, clamp_box, pad_box, smooth_boxes
 
 log = logging.getLogger("wav2lip.genavatar")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SMOOTH_WINDOW = 5
-MAX_LISTED_FRAMES = 10
-
-
-class AvatarError(ValueError):
-    """The input cannot make an avatar (unreadable, or frames without a face)."""
-
-
-def frame_name(index: int) -> str:
-    return f"{index:08d}.png"
 
 
 def make_avatar(
@@ -63,51 +60,10 @@ def make_avatar(
         frames, total = read_frames(Path(frames_or_path))
     else:
         source, frames = "the given frames", frames_or_path
-    # Built beside the target and moved into place at the end, so a failure never leaves a
-    # half-written avatar (or destroys a working one).
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with staged_folder(out_dir) as work:
         _build(frames, total, work, source, img_size, pads, smooth, progress)
-        _replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("wrote avatar to %s", out_dir)
     return out_dir
-
-
-def read_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
-    """BGR frames of a video or the one frame of an image, and the count if known.
-
-    Raises AvatarError when the file has no readable frame.
-    """
-    # Checking the path first avoids OpenCV's own warnings about a file it cannot open.
-    if not path.is_file():
-        raise AvatarError(f"cannot read video {path}")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise AvatarError(f"cannot read image {path}")
-        return iter([image]), 1
-    cap = cv2.VideoCapture(str(path))
-    ok, first = cap.read() if cap.isOpened() else (False, None)
-    if not ok:
-        cap.release()
-        raise AvatarError(f"cannot read video {path}")
-    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # container metadata: a hint for progress only
-    return _rest_of(cap, first), count if count > 0 else None
-
-
-def _rest_of(cap: cv2.VideoCapture, first: np.ndarray) -> Iterator[np.ndarray]:
-    try:
-        frame: np.ndarray | None = first
-        while frame is not None:
-            yield frame
-            ok, frame = cap.read()
-            frame = frame if ok else None
-    finally:
-        cap.release()
 
 
 def _build(
@@ -121,7 +77,7 @@ def _build(
     progress: bool,
 ) -> None:
     full_dir, face_dir = work / "full_imgs", work / "face_imgs"
-    full_dir.mkdir(parents=True)
+    full_dir.mkdir()
     face_dir.mkdir()
     boxes: list[tuple[float, float, float, float] | None] = []
     sizes: list[tuple[int, int]] = []
@@ -129,8 +85,8 @@ def _build(
     # fit in memory.
     with FaceDetector() as detector:
         for i, frame in enumerate(tqdm(frames, "detecting faces", total, unit="frame", disable=not progress)):
-            frame = _as_bgr(frame, source)
-            _write(full_dir / frame_name(i), frame)
+            frame = as_bgr(frame, source)
+            write_image(full_dir / frame_name(i), frame)
             boxes.append(detector.detect(frame))
             sizes.append((frame.shape[1], frame.shape[0]))
     if not boxes:
@@ -146,41 +102,9 @@ def _build(
         frame = cv2.imread(str(full_dir / frame_name(i)), cv2.IMREAD_COLOR)
         crop = frame[y1:y2, x1:x2]
         interp = cv2.INTER_AREA if crop.shape[0] > img_size else cv2.INTER_CUBIC
-        _write(face_dir / frame_name(i), cv2.resize(crop, (img_size, img_size), interpolation=interp))
+        write_image(face_dir / frame_name(i), cv2.resize(crop, (img_size, img_size), interpolation=interp))
     with open(work / "coords.pkl", "wb") as f:
         pickle.dump(coords, f)
-
-
-def no_face_message(missing: Sequence[int], source: str) -> str:
-    shown = ", ".join(str(i) for i in missing[:MAX_LISTED_FRAMES])
-    if len(missing) > MAX_LISTED_FRAMES:
-        shown += f" and {len(missing) - MAX_LISTED_FRAMES} more"
-    noun = "frame" if len(missing) == 1 else "frames"
-    return f"no face found in {noun} {shown} of {source}; every frame needs a clearly visible face"
-
-
-def _as_bgr(frame: np.ndarray, source: str) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim not in (2, 3) or frame.size == 0:
-        raise AvatarError(f"cannot read video {source}: frames must be BGR uint8 images")
-    if frame.ndim == 2:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(frame[:, :, :3])
-
-
-def _write(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write {path}")
-
-
-def _replace(work: Path, out_dir: Path) -> None:
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        out_dir.rename(old)
-    work.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,0 +1,171 @@
+"""Create a MuseTalk 1.5 avatar from a video (or one image), in upstream LiveTalking's format.
+
+    python -m musetalk.genavatar --video_path v.mp4 --avatar_id me [--bbox_shift 0]
+        [--extra_margin 10] [--parsing_mode jaw] [--models_dir models] [--out_root data/avatars]
+
+Writes data/avatars/<id>/: full_imgs/, coords.pkl ([x1, y1, x2, y2] per frame), latents.pt
+(the user's VAE's latents of each face crop, masked and reference), mask/ and mask_coords.pkl.
+The face box follows upstream's rule on MediaPipe face-mesh landmarks: the chin is the
+bottom, the top lies as far above the nose bridge as the chin below it (moved down by
+--bbox_shift), the jaw line gives the sides, and --extra_margin pixels go below the chin.
+The blend mask is the lower half of the face region from the face mesh (jaw, cheeks, lips),
+blurred as upstream blurs its face-parsing mask. Every frame needs a face: otherwise nothing
+is written and the command names the frames without one (upstream writes a folder whose
+latents no longer line up with its frames). Frames carry no watermark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avatar_build import AvatarError, as_bgr, frame_name, no_face_message, read_frames, staged_folder, write_image
+from musetalk.latents import crop_latents, face_crop
+from portrait.landmarks import CHIN, FACE_OVAL, detect_landmarks
+
+log = logging.getLogger("musetalk.genavatar")
+
+NOSE_BRIDGE = 5  # face-mesh point on the nose ridge below the eyes (dlib's point 29)
+# The jaw line, ear to ear through the chin (dlib's points 0-16): the box's sides.
+JAW = FACE_OVAL[FACE_OVAL.index(454) : FACE_OVAL.index(234) + 1]
+MASK_EXPAND = 1.5  # the mask box is this much larger than the face box, centred on it
+UPPER_BOUNDARY = 0.5  # rows of the mask box above this share stay the photo's
+PARSING_MODES = ("jaw", "raw", "neck")
+
+
+def face_box(points: np.ndarray, height: int, bbox_shift: int, extra_margin: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) from face-mesh landmarks, by upstream's rule (v15 margin included)."""
+    jaw = points[JAW]
+    bridge_y = points[NOSE_BRIDGE, 1] + bbox_shift
+    bottom = max(points[CHIN, 1], jaw[:, 1].max())
+    y1 = max(0, int(bridge_y - (bottom - bridge_y)))
+    x1, x2 = int(jaw[:, 0].min()), int(jaw[:, 0].max())
+    y2 = min(int(bottom) + extra_margin, height)
+    return max(x1, 0), y1, x2, y2
+
+
+def mask_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Upstream's blend-mask square around the face box; not clipped to the frame."""
+    x1, y1, x2, y2 = box
+    xc, yc = (x1 + x2) // 2, (y1 + y2) // 2
+    s = int(max(x2 - x1, y2 - y1) // 2 * MASK_EXPAND)
+    return xc - s, yc - s, xc + s, yc + s
+
+
+def blend_mask(points: np.ndarray, box: tuple[int, int, int, int], mbox: tuple[int, int, int, int],
+               mode: str) -> np.ndarray:
+    """The gray mask (mask box size): the face region inside the face box, lower half only,
+    blurred with upstream's kernel (a tenth of the mask's width)."""
+    xs, ys, xe, ye = mbox
+    x1, y1, x2, y2 = box
+    size = (ye - ys, xe - xs)
+    region = np.zeros(size, np.uint8)
+    outline = (points[FACE_OVAL] - np.float32([xs, ys])).astype(np.int32)
+    cv2.fillPoly(region, [cv2.convexHull(outline)], 255)
+    if mode == "neck":  # the neck below the jaw too, down to the box's bottom
+        jaw = (points[JAW] - np.float32([xs, ys])).astype(np.int32)
+        below = np.concatenate([jaw, [[jaw[-1, 0], y2 - ys], [jaw[0, 0], y2 - ys]]])
+        cv2.fillPoly(region, [below.astype(np.int32)], 255)
+    mask = np.zeros(size, np.uint8)
+    mask[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = region[y1 - ys : y2 - ys, x1 - xs : x2 - xs]
+    mask[: int(size[0] * UPPER_BOUNDARY)] = 0
+    k = int(0.1 * size[1] // 2 * 2) + 1
+    return cv2.GaussianBlur(mask, (k, k), 0)
+
+
+def make_avatar(
+    frames_or_path: str | Path | Iterable[np.ndarray],
+    out_dir: Path,
+    vae: torch.nn.Module,
+    bbox_shift: int = 0,
+    extra_margin: int = 10,
+    parsing_mode: str = "jaw",
+    progress: bool = True,
+    seed: int = 0,
+) -> Path:
+    if parsing_mode not in PARSING_MODES:
+        raise AvatarError(f"unknown --parsing_mode {parsing_mode!r}; choose one of {', '.join(PARSING_MODES)}")
+    total = None
+    if isinstance(frames_or_path, (str, Path)):
+        source = str(frames_or_path)
+        frames, total = read_frames(Path(frames_or_path))
+    else:
+        source, frames = "the given frames", frames_or_path
+    with staged_folder(out_dir) as work:
+        (work / "full_imgs").mkdir()
+        (work / "mask").mkdir()
+        landmarks: list[np.ndarray | None] = []
+        heights: list[int] = []
+        for i, frame in enumerate(tqdm(frames, "finding faces", total, unit="frame", disable=not progress)):
+            frame = as_bgr(frame, source)
+            write_image(work / "full_imgs" / frame_name(i), frame)
+            landmarks.append(detect_landmarks(frame))
+            heights.append(frame.shape[0])
+        if not landmarks:
+            raise AvatarError(f"cannot read video {source}")
+        missing = [i for i, p in enumerate(landmarks) if p is None]
+        if missing:
+            raise AvatarError(no_face_message(missing, source))
+        coords, mask_coords, latents = [], [], []
+        generator = torch.Generator().manual_seed(seed)  # the posterior sample, reproducible
+        for i, points in enumerate(tqdm(landmarks, "encoding faces", unit="frame", disable=not progress)):
+            frame = cv2.imread(str(work / "full_imgs" / frame_name(i)), cv2.IMREAD_COLOR)
+            box = face_box(points, heights[i], bbox_shift, extra_margin)
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise AvatarError(f"the face box of frame {i} of {source} is empty; try a smaller --bbox_shift")
+            mbox = mask_box(box)
+            latents.append(crop_latents(vae, face_crop(frame, box), generator))
+            write_image(work / "mask" / frame_name(i), blend_mask(points, box, mbox, parsing_mode))
+            coords.append(list(box))
+            mask_coords.append(list(mbox))
+        with (work / "coords.pkl").open("wb") as f:
+            pickle.dump(coords, f)
+        with (work / "mask_coords.pkl").open("wb") as f:
+            pickle.dump(mask_coords, f)
+        torch.save(latents, work / "latents.pt")
+        info = {"avatar_id": out_dir.name, "video_path": source, "bbox_shift": bbox_shift}
+        (work / "avator_info.json").write_text(json.dumps(info))  # upstream's spelling
+    log.info("wrote avatar to %s (%d frames)", out_dir, len(coords))
+    return out_dir
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m musetalk.genavatar", description=__doc__.split("\n")[0])
+    p.add_argument("--video_path", required=True, help="video (or image) showing one face in every frame")
+    p.add_argument("--avatar_id", required=True, help="name of the avatar folder")
+    p.add_argument("--bbox_shift", type=int, default=0, help="move the face box's top down (+) or up (-) in pixels")
+    p.add_argument("--extra_margin", type=int, default=10, help="pixels below the chin (default 10)")
+    p.add_argument("--parsing_mode", default="jaw", choices=PARSING_MODES, help="blend mask region (default jaw)")
+    p.add_argument("--models_dir", default="models", help="holds sd-vae/ (default models)")
+    p.add_argument("--out_root", default="data/avatars", help="folder holding avatars (default data/avatars)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parse_args(argv)
+    from musetalk.weights import load_vae
+
+    try:
+        vae = load_vae(Path(args.models_dir)).eval()
+        out = make_avatar(args.video_path, Path(args.out_root) / args.avatar_id, vae, args.bbox_shift,
+                          args.extra_margin, args.parsing_mode)
+    except (AvatarError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
