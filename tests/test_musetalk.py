@@ -116,10 +116,21 @@ def test_users_files_load_with_their_quirks(files):
     assert np.abs(frames[3].astype(int) - renderer.idle_frame(3).astype(int)).any()  # past the edge: drawn
 
 
-def test_whisper_folder_checks(files, tmp_path):
+def test_whisper_states_are_transformers_own_and_the_fast_mode_is_shorter(files, tmp_path):
     whisper = Whisper.load(files / "models")
-    states = whisper.hidden_states(np.zeros(16640, np.float32))
+    samples = np.random.default_rng(1).normal(0, 0.1, 16640).astype(np.float32)
+    states = whisper.hidden_states(samples)
     assert states.shape == (1500, 5, 384)  # 30 s of whisper frames, 5 hidden states each
+    mel = whisper.extractor(samples, sampling_rate=16000, return_tensors="pt").input_features
+    assert mel.shape == (1, 80, 3000)  # padded to 30 s
+    with torch.inference_mode():
+        theirs = torch.stack(whisper.encoder(mel, output_hidden_states=True).hidden_states, dim=2)[0]
+    assert np.allclose(states, theirs.numpy(), atol=1e-5)
+    fast = whisper.hidden_states(samples, fast=True)
+    assert fast.shape == (52, 5, 384)  # the window's own 52 frames
+    # Before attention the same (but the last frame, whose convolution sees the cut).
+    assert np.allclose(fast[:51, 0], states[:51, 0], atol=1e-5)
+    assert not np.allclose(fast[:, 4], states[:52, 4], atol=1e-3)  # after it: no padding seen
     with pytest.raises(FileNotFoundError, match="whisper.*openai/whisper-tiny"):
         Whisper.load(tmp_path)
 
