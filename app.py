@@ -50,6 +50,12 @@ from ttsreal import TTS_ENGINES, SpeechRefused, TTSEngine, Voice, load_tts_engin
 from uploads import DecoderBusy, UploadDecoder, UploadRefused
 from voices import VoiceRefused
 
+# Sessions run their models' OpenMP work on several threads at once, beside encoders and TTS:
+# OpenMP's default spin-waiting then burns the cores a descheduled peer thread needs (the
+# Ultralight UNet: 3x faster so beside two busy processes, 20% slower on an idle machine). Sleep,
+# unless the user chose otherwise. It must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 log = logging.getLogger("livetalking")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"

@@ -46,6 +46,7 @@ MODEL_ROOT = PROJECT_DIR / "models"
 # enough that speech reaches the wire quickly (each unit is 40 ms of latency).
 PLAYER_SLACK_UNITS = 2
 STATS_INTERVAL_S = 5.0
+MAX_BATCH_WAIT_S = 60.0  # how long closing waits for a batch being rendered
 WARM_UP_CONTEXT = 10  # audio frames each side of the warm-up's one video frame (the -l/-r default)
 
 EventCallback = Callable[[dict], None]
@@ -180,9 +181,12 @@ class BaseReal:
         if self._started:
             deadline = time.monotonic() + timeout
             for thread in self._threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                # A batch cannot be cut short: a slow model (a CPU MuseTalk frame takes
+                # seconds) is waited for as long as a batch may take.
+                limit = deadline + (MAX_BATCH_WAIT_S if thread.name.startswith("infer") else 0.0)
+                thread.join(max(0.0, limit - time.monotonic()))
                 if thread.is_alive():
-                    log.error("session %s: %s did not stop within %.1fs", self.sessionid, thread.name, timeout)
+                    log.error("session %s: %s did not stop in time", self.sessionid, thread.name)
         log.info("session %s closed", self.sessionid)
 
     # --- input -----------------------------------------------------------------------------
@@ -310,7 +314,11 @@ class BaseReal:
         for i, job in enumerate(backlog):
             if job.generation != generation:
                 continue  # interrupted: its units were dropped
-            ahead = self.player.slots_until(job.units[-1])
+            # A batch's pictures are handed over together when it is done, so the first unit
+            # that gets one must not have played by then.
+            stride = self._stride(job.window is not None)
+            first = next((u for k, u in enumerate(job.units) if job.indices[k] % stride == 0 and not u.gone), None)
+            ahead = None if first is None else self.player.slots_until(first)
             if ahead is not None and (ahead >= need or i == len(backlog) - 1):
                 return job, skipped, backlog[i + 1 :]
             skipped += sum(not unit.gone for unit in job.units)
@@ -322,6 +330,8 @@ class BaseReal:
         window = np.zeros((self.asr.left + 2 + self.asr.right, CHUNK), dtype=np.float32)
         for inferred in (False, True):
             for _ in range(2):  # the first call on a new thread pays one-time set-up costs
+                if self._stop.is_set():
+                    return
                 started = time.perf_counter()
                 self._render_batch(window if inferred else None, range(1), [0])
                 self._frame_seconds[inferred] = time.perf_counter() - started

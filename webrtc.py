@@ -325,14 +325,22 @@ class PlayerStreamTrack(MediaStreamTrack):
 
     async def _recv_video(self) -> av.VideoFrame:
         late = await self._wait(self._count)
+        skipped = range(0)
         if late > SLOT_SECONDS:
             # A late frame is worthless (the sound has moved on): show the one due now.
             now_slot = self._player.slot_now()
             if now_slot > self._count:
                 self._player.video_slots_skipped += now_slot - self._count
+                skipped = range(self._count, now_slot)
                 self._count = now_slot
         slot = self._count
         try:
+            for old in skipped:
+                # A picture rendered for a skipped slot is still the newest one the viewer
+                # can have: a slow model's rare fresh frames must not vanish with the slot.
+                passed = self._player.unit_for_slot(old)
+                if passed is not None and passed.image is not None:
+                    self._last_image = passed.image
             unit = self._player.unit_for_slot(slot)
             if unit is not None and unit.image is not None:
                 self._last_image = unit.image

@@ -14,9 +14,15 @@ from conftest import RunningServer
 from livepeer import AudioSample, LivePeer, VideoSample
 
 SPEECH_RMS = 0.02
-QUIET_S = 1.5  # seconds without speech that end a reply
+QUIET_S = 0.5  # seconds of nothing left to say that end a reply
 IDLE_FRAMES = 64  # the avatar's idle loop is compared over this many frames
-TEXT = "Hello there. This is a longer test of lip sync, with a second sentence to say."
+TEXT = (
+    "Hello there. This is a longer test of lip sync, with a second sentence to say. A slow model on a "
+    "busy machine needs a while before its first pictures are shown, so here is a third sentence. "
+    "And a fourth one, to be sure that there is time. The watch stops once the mouth has moved."
+)
+MOVED = 20  # mean difference from the photo's mouth that a model's mouth makes
+MIN_WATCH_S = 3.0  # seconds of speech watched at least (the frame rate is measured over them)
 
 
 @dataclass
@@ -37,7 +43,7 @@ def difference(crop: np.ndarray, rests: list[np.ndarray]) -> float:
     return min(float(np.abs(crop.astype(np.int16) - rest.astype(np.int16)).mean()) for rest in rests)
 
 
-def watch_speech(srv: RunningServer, box: tuple[int, int, int, int]) -> Watched:
+def watch_speech(srv: RunningServer, box: tuple[int, int, int, int], text: str = TEXT) -> Watched:
     """`box` (x1, y1, x2, y2) is the mouth region; the avatar's frames are still photos, so at
     rest the viewer should see one of them (within the codec's error) and while speaking the
     model's mouths."""
@@ -55,22 +61,32 @@ def watch_speech(srv: RunningServer, box: tuple[int, int, int, int]) -> Watched:
             await asyncio.sleep(1.0)
             at_rest = [difference(v.mouth, rest) for v in peer.video_since(settled)]
             sent = time.monotonic()
-            async with http.post(srv.url + "/human", json={"sessionid": peer.sessionid, "text": TEXT}) as r:
+            async with http.post(srv.url + "/human", json={"sessionid": peer.sessionid, "text": text}) as r:
                 assert r.status == 200, await r.text()
             session = srv.live.sessions[peer.sessionid]
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not any(a.rms > SPEECH_RMS for a in peer.audio_since(sent)):
                 await asyncio.sleep(0.05)
             heard = next(a.arrival for a in peer.audio_since(sent) if a.rms > SPEECH_RMS)
-            # Done when no speech has played for a while: a slow model's CPU load can leave a
-            # pause between the two sentences, which must not end the watch.
+            # Watched until the model's mouth has been seen for a while, or all the text has
+            # been spoken and played (a busy machine can leave a pause between sentences, which
+            # must not end the watch); a slow model on a busy machine shows its first frames
+            # late, so the text is long and the rest is interrupted once they are seen.
             quiet = time.monotonic()
+            moved: float | None = None
             while time.monotonic() < deadline and time.monotonic() - quiet < QUIET_S:
-                if session.is_speaking:
+                if session.is_speaking or session.tts.is_busy or session.asr.queued_frames():
                     quiet = time.monotonic()
+                if moved is None and any(difference(v.mouth, rest) > MOVED for v in peer.video_since(heard)):
+                    moved = time.monotonic()
+                if moved is not None and time.monotonic() > max(moved + 1.0, heard + MIN_WATCH_S):
+                    quiet = time.monotonic()
+                    break
                 await asyncio.sleep(0.05)
             speech_video = [v for v in peer.video_since(heard) if v.arrival < quiet]
             audio = peer.audio_since(sent)
+            async with http.post(srv.url + "/interrupt_talk", json={"sessionid": peer.sessionid}) as r:
+                assert r.status == 200
             await peer.close()
         changes = [difference(v.mouth, rest) for v in speech_video]
         return Watched(at_rest, changes, speech_video, audio)
@@ -87,4 +103,4 @@ def assert_lip_synced_stream(watched: Watched) -> None:
     # At rest: the photo, within VP8's error (a few levels while its bitrate ramps up). While
     # speaking: the model's mouths (random weights here: anything but the photo).
     assert max(watched.rest_changes) < 12, f"the mouth moved at rest ({max(watched.rest_changes):.2f})"
-    assert max(watched.speech_changes) > 20, f"the mouth never moved ({max(watched.speech_changes):.2f})"
+    assert max(watched.speech_changes) > MOVED, f"the mouth never moved ({max(watched.speech_changes):.2f})"

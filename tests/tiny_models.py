@@ -76,6 +76,9 @@ def write_ultralight_avatar(folder: Path, n_frames: int = 4, seed: int = 0) -> P
 
 
 MUSE_WIDTHS = [32, 64, 128, 128]  # the real files' key names at a fraction of the width
+# The VAE decodes 256x256 pictures, which at those widths takes 0.3 s a frame here: a quarter
+# of them (and 8 groups per norm) gives the same 248 names at a sixteenth of the cost.
+VAE_WIDTHS = [8, 16, 32, 32]
 
 
 def write_whisper_folder(folder: Path, seed: int = 0) -> Path:
@@ -146,8 +149,8 @@ MUSETALK_JSON = {
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 VAE_CONFIG = {
-    "act_fn": "silu", "block_out_channels": MUSE_WIDTHS, "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+    "act_fn": "silu", "block_out_channels": VAE_WIDTHS, "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 8, "out_channels": 3,
     "sample_size": 256, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 # The astronaut's face box for MuseTalk; the last frame of an avatar is the photo moved up by
