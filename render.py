@@ -32,6 +32,7 @@ log = logging.getLogger("render")
 FPS = 25
 MAX_AUDIO_BYTES = 1 << 30
 VIDEO_BITRATE = 2_000_000
+MAX_BATCH = 100  # a batch and its look-ahead must fit the audio window's queue (250 frames)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except RuntimeError as exc:
         p.error(str(exc))
     opt = p.parse_args(argv)
-    if opt.batch_size is not None and opt.batch_size < 1:
-        p.error("--batch_size must be at least 1")
+    if opt.batch_size is not None and not 1 <= opt.batch_size <= MAX_BATCH:
+        p.error(f"--batch_size must be 1 to {MAX_BATCH}")
     return opt
 
 
@@ -72,27 +73,29 @@ def frames_of(model: LipModel, chunks: list[np.ndarray], batch: int, left: int, 
     n_batches = -(-n_video // batch)
     padded = chunks + [np.zeros(CHUNK, np.float32)] * (n_batches * batch * AUDIO_FRAMES_PER_VIDEO_FRAME - len(chunks))
     fed = 0
-    with tqdm(total=n_video, desc="rendering", unit="frame", disable=not progress) as bar:
-        for b in range(n_batches):
-            # Queue this batch and its look-ahead, so the window never pads with filler.
-            want = min(len(padded), (b + 1) * batch * AUDIO_FRAMES_PER_VIDEO_FRAME + right)
-            while fed < want:
-                asr.put_audio_frame(padded[fed])
-                fed += 1
-            audio, window = asr.get_window(batch)
-            indices = list(range(b * batch, (b + 1) * batch))
-            if window is None:
-                images = [renderer.idle_frame(i) for i in indices]
-            else:
-                preds = renderer.infer(asr.features(window, left, right, batch), indices)
-                images = [renderer.paste_back(p, i) for p, i in zip(preds, indices, strict=True)]
-            for k, (image, index) in enumerate(zip(images, indices, strict=True)):
-                if index >= n_video:
-                    return
-                pair = audio[AUDIO_FRAMES_PER_VIDEO_FRAME * k : AUDIO_FRAMES_PER_VIDEO_FRAME * (k + 1)]
-                yield image, np.concatenate([f.samples for f in pair])
-                bar.update(1)
-    asr.close()
+    try:
+        with tqdm(total=n_video, desc="rendering", unit="frame", disable=not progress) as bar:
+            for b in range(n_batches):
+                # Queue this batch and its look-ahead, so the window never pads with filler.
+                want = min(len(padded), (b + 1) * batch * AUDIO_FRAMES_PER_VIDEO_FRAME + right)
+                while fed < want:
+                    asr.put_audio_frame(padded[fed])
+                    fed += 1
+                audio, window = asr.get_window(batch)
+                indices = list(range(b * batch, (b + 1) * batch))
+                if window is None:
+                    images = [renderer.idle_frame(i) for i in indices]
+                else:
+                    preds = renderer.infer(asr.features(window, left, right, batch), indices)
+                    images = [renderer.paste_back(p, i) for p, i in zip(preds, indices, strict=True)]
+                for k, (image, index) in enumerate(zip(images, indices, strict=True)):
+                    if index >= n_video:
+                        return
+                    pair = audio[AUDIO_FRAMES_PER_VIDEO_FRAME * k : AUDIO_FRAMES_PER_VIDEO_FRAME * (k + 1)]
+                    yield image, np.concatenate([f.samples for f in pair])
+                    bar.update(1)
+    finally:
+        asr.close()
 
 
 def write_video(frames: Iterator[tuple[np.ndarray, np.ndarray]], out: Path) -> int:

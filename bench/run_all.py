@@ -24,6 +24,7 @@ BENCHES = {
     "wav2lip_speed": ["bench/wav2lip_speed.py"],
     "chat_latency": ["bench/chat_latency.py", "--repeats", "5"],
     "soak": ["bench/soak.py", "--scan", "6", "--seconds", "40", "--minutes", "10", "--hostile"],
+    "model_speed": ["bench/model_speed.py"],
 }
 # (bench, key, label, target, better)
 TARGETS = [
@@ -98,7 +99,8 @@ def verdict(value: float, target: float | None, better: str) -> str:
     return "met" if ok else "NOT met"
 
 
-def render(results: dict[str, dict]) -> str:
+def render(results: dict[str, dict], fresh: list[str]) -> str:
+    kept = [name for name in results if name not in fresh]
     lines = [
         "# Performance",
         "",
@@ -106,6 +108,7 @@ def render(results: dict[str, dict]) -> str:
         "`bench/run_all.py`; each figure is a median from one run. The benchmark client runs on the",
         "same machine as the server and decodes the video it receives, so it takes CPU the server",
         "would otherwise have.",
+        *([f"This run measured {', '.join(fresh)}; {', '.join(kept)} are kept from the run before."] if kept else []),
         "",
         "| figure | value | target | |",
         "| --- | --- | --- | --- |",
@@ -117,6 +120,7 @@ def render(results: dict[str, dict]) -> str:
                                               f">= {target}" if better == "higher" else f"within +-{target}")
             lines.append(f"| {label} | {value} | {shown} | {verdict(value, target, better)} |")
     lines += wav2lip_table(results.get("wav2lip_speed"))
+    lines += model_table(results.get("model_speed"))
     lines += ["", "## Reading these figures", "", *NOTES, "", "## Raw results", ""]
     for name, result in results.items():
         lines += [f"### {name}", "", "```json", json.dumps(result, indent=2), "```", ""]
@@ -152,17 +156,60 @@ def wav2lip_table(result: dict | None) -> list[str]:
     return lines
 
 
+def model_table(result: dict | None) -> list[str]:
+    """MuseTalk and Ultralight at their real sizes: features and rendering per batch."""
+    if not result:
+        return []
+    lines = []
+    for model in result.get("results", []):
+        lines += [
+            "",
+            f"## {model['model']} at its real size on {model['device']} ({model['threads']} threads), random weights",
+            "",
+            f"Peak memory {model['peak_rss_mb']} MB.",
+            "",
+            "| batch | features per batch (ms) | inference + paste-back (ms) | fps |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {b['batch']} | {b['feature_ms']} | {b['render_ms']} | {b['fps']} |" for b in model["batches"]]
+        fast = model.get("fast_whisper")
+        if fast:
+            lines += ["", f"Whisper features of one 16-frame window: {fast['full_ms']} ms on 30 s (the default), "
+                      f"{fast['fast_ms']} ms with `--fast_whisper` ({fast['speedup']}x), which moves them by "
+                      f"{100 * fast['relative_deviation']:.0f}% of their mean magnitude (random weights)."]
+    return lines
+
+
+def previous_results() -> dict[str, dict]:
+    """The raw results of the last run, from docs/PERFORMANCE.md, to keep those not re-run."""
+    path = ROOT / "docs" / "PERFORMANCE.md"
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    found = {}
+    for name in BENCHES:
+        marker = f"### {name}\n\n```json\n"
+        if marker in text:
+            start = text.index(marker) + len(marker)
+            try:
+                found[name] = json.loads(text[start : text.index("```", start)])
+            except ValueError:
+                continue
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(BENCHES), default=list(BENCHES))
     args = parser.parse_args()
-    results = {}
+    # Benches not run this time keep their last figures (run them all to refresh everything).
+    results = {k: v for k, v in previous_results().items() if k not in args.only}
     for name in args.only:
         result = run(name)
         if result is not None:
             results[name] = result
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "PERFORMANCE.md").write_text(render(results))
+    (ROOT / "docs" / "PERFORMANCE.md").write_text(render(results, args.only))
     print(json.dumps(results, indent=2))
 
 

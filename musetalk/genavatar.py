@@ -8,10 +8,12 @@ Writes data/avatars/<id>/: full_imgs/, coords.pkl ([x1, y1, x2, y2] per frame), 
 The face box follows upstream's rule on MediaPipe face-mesh landmarks: the chin is the
 bottom, the top lies as far above the nose bridge as the chin below it (moved down by
 --bbox_shift), the jaw line gives the sides, and --extra_margin pixels go below the chin.
-The blend mask is the lower half of the face region from the face mesh (jaw, cheeks, lips),
-blurred as upstream blurs its face-parsing mask. Every frame needs a face: otherwise nothing
-is written and the command names the frames without one (upstream writes a folder whose
-latents no longer line up with its frames). Frames carry no watermark.
+The blend mask is the lower half of the face region, blurred as upstream does it: from
+BiSeNet face parsing in upstream's --parsing_mode when models/face-parse-bisent/79999_iter.pth
+is there, otherwise from the face mesh (the face oval; with 'neck' down to the box's bottom).
+Every frame needs a face: otherwise nothing is written and the command names the frames
+without one (upstream writes a folder whose latents no longer line up with its frames).
+Frames carry no watermark.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from avatar_build import AvatarError, as_bgr, frame_name, no_face_message, read_frames, staged_folder, write_image
+from avatar_files import paste_clipped
 from musetalk.latents import crop_latents, face_crop
 from portrait.landmarks import CHIN, FACE_OVAL, detect_landmarks
 
@@ -62,24 +65,42 @@ def mask_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return xc - s, yc - s, xc + s, yc + s
 
 
-def blend_mask(points: np.ndarray, box: tuple[int, int, int, int], mbox: tuple[int, int, int, int],
-               mode: str) -> np.ndarray:
-    """The gray mask (mask box size): the face region inside the face box, lower half only,
-    blurred with upstream's kernel (a tenth of the mask's width)."""
+def mesh_region(points: np.ndarray, box: tuple[int, int, int, int], mbox: tuple[int, int, int, int],
+                mode: str) -> np.ndarray:
+    """0/255 face region (mask box size) from face-mesh landmarks: the face oval, and with
+    'neck' the neck below the jaw down to the face box's bottom."""
     xs, ys, xe, ye = mbox
-    x1, y1, x2, y2 = box
-    size = (ye - ys, xe - xs)
-    region = np.zeros(size, np.uint8)
+    region = np.zeros((ye - ys, xe - xs), np.uint8)
     outline = (points[FACE_OVAL] - np.float32([xs, ys])).astype(np.int32)
     cv2.fillPoly(region, [cv2.convexHull(outline)], 255)
-    if mode == "neck":  # the neck below the jaw too, down to the box's bottom
+    if mode == "neck":
         jaw = (points[JAW] - np.float32([xs, ys])).astype(np.int32)
-        below = np.concatenate([jaw, [[jaw[-1, 0], y2 - ys], [jaw[0, 0], y2 - ys]]])
-        cv2.fillPoly(region, [below.astype(np.int32)], 255)
-    mask = np.zeros(size, np.uint8)
+        bottom = box[3] - ys
+        cv2.fillPoly(region, [np.concatenate([jaw, [[jaw[-1, 0], bottom], [jaw[0, 0], bottom]]]).astype(np.int32)], 255)
+    return region
+
+
+def parsed_region(net: torch.nn.Module, frame: np.ndarray, mbox: tuple[int, int, int, int], mode: str) -> np.ndarray:
+    """0/255 face region (mask box size) from BiSeNet on the mask box's crop of the frame
+    (zero outside the frame), in upstream's parsing mode, resized back bicubically."""
+    from musetalk.faceparse import mode_mask, parse
+
+    xs, ys, xe, ye = mbox
+    crop = np.zeros((ye - ys, xe - xs, 3), np.uint8)
+    paste_clipped(crop, frame, -xs, -ys)
+    labels = parse(net, cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+    return cv2.resize(mode_mask(labels, mode), (xe - xs, ye - ys), interpolation=cv2.INTER_CUBIC)
+
+
+def blend_mask(region: np.ndarray, box: tuple[int, int, int, int], mbox: tuple[int, int, int, int]) -> np.ndarray:
+    """The gray mask (mask box size): the region inside the face box, lower half only,
+    blurred with upstream's kernel (a tenth of the mask's width)."""
+    xs, ys, _, _ = mbox
+    x1, y1, x2, y2 = box
+    mask = np.zeros(region.shape, np.uint8)
     mask[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = region[y1 - ys : y2 - ys, x1 - xs : x2 - xs]
-    mask[: int(size[0] * UPPER_BOUNDARY)] = 0
-    k = int(0.1 * size[1] // 2 * 2) + 1
+    mask[: int(mask.shape[0] * UPPER_BOUNDARY)] = 0
+    k = int(0.1 * mask.shape[1] // 2 * 2) + 1
     return cv2.GaussianBlur(mask, (k, k), 0)
 
 
@@ -92,7 +113,11 @@ def make_avatar(
     parsing_mode: str = "jaw",
     progress: bool = True,
     seed: int = 0,
+    parser: torch.nn.Module | None = None,
 ) -> Path:
+    """Write the avatar folder `out_dir`; `parser` is the user's BiSeNet (face-mesh masks
+    without it). Raises AvatarError, leaving `out_dir` as it was, when the input cannot be
+    read or a frame has no face."""
     if parsing_mode not in PARSING_MODES:
         raise AvatarError(f"unknown --parsing_mode {parsing_mode!r}; choose one of {', '.join(PARSING_MODES)}")
     total = None
@@ -125,7 +150,9 @@ def make_avatar(
                 raise AvatarError(f"the face box of frame {i} of {source} is empty; try a smaller --bbox_shift")
             mbox = mask_box(box)
             latents.append(crop_latents(vae, face_crop(frame, box), generator))
-            write_image(work / "mask" / frame_name(i), blend_mask(points, box, mbox, parsing_mode))
+            region = (mesh_region(points, box, mbox, parsing_mode) if parser is None
+                      else parsed_region(parser, frame, mbox, parsing_mode))
+            write_image(work / "mask" / frame_name(i), blend_mask(region, box, mbox))
             coords.append(list(box))
             mask_coords.append(list(mbox))
         with (work / "coords.pkl").open("wb") as f:
@@ -154,12 +181,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
+    from musetalk.faceparse import load_bisenet
     from musetalk.weights import load_vae
 
     try:
         vae = load_vae(Path(args.models_dir)).eval()
+        parser = load_bisenet(Path(args.models_dir))
+        log.info("blend masks from %s", "BiSeNet face parsing" if parser else "face-mesh landmarks "
+                 "(no models/face-parse-bisent/79999_iter.pth)")
         out = make_avatar(args.video_path, Path(args.out_root) / args.avatar_id, vae, args.bbox_shift,
-                          args.extra_margin, args.parsing_mode)
+                          args.extra_margin, args.parsing_mode, parser=parser)
     except (AvatarError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -167,7 +167,9 @@ def test_tiny_uploads_asking_for_huge_work_are_refused_and_cost_the_server_nothi
     refused = [reply["msg"] for status, reply in six if status == 429]
     assert all("uploads open" in msg for msg in refused), refused
     assert gap < FROZEN_S, gap
-    assert cost < 3.0, cost  # beyond streaming, the server itself: the decoding happened in children
+    # Beyond idle streaming: the accepted uploads are then spoken (rendered mouths), a few
+    # seconds on a busy machine; decoding them here cost 17-25 s each before.
+    assert cost < 6.0, cost
     assert rss_growth < 150, rss_growth  # no gigabytes kept after the decode
 
 

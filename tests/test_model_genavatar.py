@@ -13,6 +13,7 @@ import pytest
 from avatar_build import AvatarError
 from lightreal import load_ultralight_avatar
 from musetalk.avatar import load_muse_avatar
+from musetalk.faceparse import NECK, NOSE, SKIN, UPPER_LIP, BiSeNet, mode_mask
 from musetalk.genavatar import make_avatar as make_muse_avatar
 from musetalk.weights import load_vae
 from test_genavatar import shifted, write_video
@@ -86,3 +87,52 @@ def test_ultralight_avatar_from_a_video_loads_back(video, tmp_path):
     done = cli("ultralight.genavatar", "--video_path", str(video), "--avatar_id", "x", "--checkpoint", str(bad),
                "--out_root", str(tmp_path))
     assert done.returncode == 2 and "cannot read checkpoint" in done.stderr and not (tmp_path / "x").exists()
+
+
+COMPAT = ROOT.parent / "shared" / "compat"
+
+
+@pytest.mark.skipif(not COMPAT.is_dir(), reason="needs ../shared/compat")
+def test_bisenet_has_the_names_and_shapes_of_79999_iter():
+    rows = [line.split("\t") for line in (COMPAT / "bisenet_face_parsing_state_dict.tsv").read_text().splitlines()[1:]]
+    assert {k: str(list(v.shape)) for k, v in BiSeNet().state_dict().items()} == {k: s for k, s, *_ in rows}
+
+
+def test_parsing_modes_follow_upstream():
+    labels = np.zeros((512, 512), np.uint8)
+    labels[100:300, 150:360] = SKIN
+    labels[180:230, 230:280] = NOSE
+    labels[250:270, 220:290] = UPPER_LIP
+    labels[300:340, 200:310] = NECK
+    raw, neck, jaw = (mode_mask(labels, m) for m in ("raw", "neck", "jaw"))
+    assert raw[150, 200] == 255 and raw[200, 250] == 0 and raw[260, 250] == 255 and raw[320, 250] == 0
+    assert neck[320, 250] == 255
+    assert jaw[200, 250] == 0  # no nose
+    assert jaw[260, 250] == 255  # the lips
+    # The dilation's kernel (cv2 semantics: its lower rows reach up) grows the skin 16 rows up
+    # and, through its triangle's tip, 6 rows down.
+    assert jaw[88, 250] == 255 and raw[88, 250] == 0 and jaw[80, 250] == 0
+    assert jaw[305, 255] == 255 and raw[305, 255] == 0 and jaw[306, 255] == 0
+
+
+def test_musetalk_masks_come_from_bisenet_when_the_user_has_it(models, video, tmp_path):
+    import shutil
+
+    import torch
+
+    root = tmp_path / "models"
+    shutil.copytree(models, root)
+    (root / "face-parse-bisent").mkdir()
+    torch.manual_seed(0)
+    torch.save(BiSeNet().state_dict(), root / "face-parse-bisent" / "79999_iter.pth")
+    done = cli("musetalk.genavatar", "--video_path", str(video), "--avatar_id", "parsed", "--models_dir", str(root),
+               "--out_root", str(tmp_path), "--parsing_mode", "raw")
+    assert done.returncode == 0, done.stderr
+    assert "blend masks from BiSeNet face parsing" in done.stderr
+    avatar = load_muse_avatar(tmp_path / "parsed")
+    assert len(avatar) == 4 and all(m.shape == (ye - ys, xe - xs) for m, (xs, ys, xe, ye) in
+                                    zip(avatar.masks, avatar.mask_coords, strict=True))
+    (root / "face-parse-bisent" / "79999_iter.pth").write_bytes(b"junk")
+    done = cli("musetalk.genavatar", "--video_path", str(video), "--avatar_id", "x", "--models_dir", str(root),
+               "--out_root", str(tmp_path))
+    assert done.returncode == 2 and "79999_iter.pth" in done.stderr and not (tmp_path / "x").exists()
