@@ -123,6 +123,7 @@ def measure_one(name: str, batches: list[int], device_name: str, repeats: int) -
                "fps": round(batch / (feature_s + render_s), 2)}
         print(f"{name} batch {batch}: {row}", file=sys.stderr, flush=True)
         out["batches"].append(row)
+    out["profile_batch1_ms"] = profile(name, renderer, asr, rng, repeats)
     if name == "musetalk":
         whisper = asr.whisper
         samples = rng.normal(0, 0.1, (LEFT + 32 + RIGHT) * 320).astype(np.float32)
@@ -137,6 +138,29 @@ def measure_one(name: str, batches: list[int], device_name: str, repeats: int) -
                                "relative_deviation": round(float(np.abs(a - b).mean() / np.abs(a).mean()), 3)}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
+
+
+def profile(name: str, renderer, asr, rng, repeats: int) -> dict:
+    """Where one frame's time goes (ms): the network's parts and the paste-back."""
+    import numpy as np
+    import torch
+
+    window = rng.normal(0, 0.1, (LEFT + 2 + RIGHT, 320)).astype(np.float32)
+    feats = asr.features(window, LEFT, RIGHT, 1)
+    parts: dict = {}
+    if name == "musetalk":
+        net = renderer.net
+        latents = torch.from_numpy(renderer.avatar.latents[:1]).to(net.device, net.dtype)
+        cond = torch.from_numpy(feats).to(net.device, net.dtype)
+        with torch.inference_mode():
+            pred = net.unet(latents, net._timestep, encoder_hidden_states=cond).sample
+            parts["unet"] = _timed(lambda: net.unet(latents, net._timestep, encoder_hidden_states=cond), repeats)
+            parts["vae_decode"] = _timed(lambda: net.vae.decode(pred / net.scale), repeats)
+    else:
+        parts["unet"] = _timed(lambda: renderer.infer(feats, [0]), repeats)
+    pred = renderer.infer(feats, [0])[0]
+    parts["paste_back"] = _timed(lambda: renderer.paste_back(pred, 0), repeats)
+    return {k: round(1000 * v, 1) for k, v in parts.items()}
 
 
 def main() -> None:

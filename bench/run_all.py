@@ -58,7 +58,9 @@ def run(name: str) -> dict | None:
     out = subprocess.run(
         [sys.executable, *BENCHES[name]], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    return json.loads(out[out.index("{") :])
+    result = json.loads(out[out.index("{") :])
+    result["measured"] = f"{datetime.date.today().isoformat()} on {machine_name()}"
+    return result
 
 
 NOTES = [
@@ -89,6 +91,12 @@ NOTES = [
     "  few percent of the same rate, so the convolution kernels are at this CPU's fp32 limit: at",
     "  batch 1, where the plain forward is already efficient, only fewer operations (bfloat16,",
     "  Winograd) could go further, and the 1.3x target is missed there.",
+    "- MuseTalk and Ultralight (bench/model_speed.py) are built at their real sizes with random",
+    "  weights. Features are one batch's audio window (-l 10 -r 10); their cost is per batch, so",
+    "  small batches pay it more often. MuseTalk's whisper runs on 30 s of mostly padding by",
+    "  default, as its checkpoints were trained; `--fast_whisper` encodes only the window. On a",
+    "  CPU MuseTalk's time is the UNet and above all the VAE decode (profile line): a session then",
+    "  shows a fresh mouth every few seconds while its sound plays on; it needs a GPU.",
 ]
 
 
@@ -104,11 +112,13 @@ def render(results: dict[str, dict], fresh: list[str]) -> str:
     lines = [
         "# Performance",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine_name()}, no GPU, by",
+        (f"Measured {datetime.date.today().isoformat()} on {machine_name()}, no GPU, by" if fresh else
+         "Measured on earlier days (each raw result says when and on what: `measured`), no GPU, by"),
         "`bench/run_all.py`; each figure is a median from one run. The benchmark client runs on the",
         "same machine as the server and decodes the video it receives, so it takes CPU the server",
         "would otherwise have.",
-        *([f"This run measured {', '.join(fresh)}; {', '.join(kept)} are kept from the run before."] if kept else []),
+        *([f"This run measured {', '.join(fresh)}; the figures of {', '.join(kept)} are kept from earlier runs "
+           "(their raw results say when and where: `measured`)."] if kept and fresh else []),
         "",
         "| figure | value | target | |",
         "| --- | --- | --- | --- |",
@@ -166,7 +176,8 @@ def model_table(result: dict | None) -> list[str]:
             "",
             f"## {model['model']} at its real size on {model['device']} ({model['threads']} threads), random weights",
             "",
-            f"Peak memory {model['peak_rss_mb']} MB.",
+            f"Measured {result.get('measured', '')}. Peak memory {model['peak_rss_mb']} MB. One frame at batch 1 (ms): "
+            + ", ".join(f"{k} {v}" for k, v in model.get("profile_batch1_ms", {}).items()) + ".",
             "",
             "| batch | features per batch (ms) | inference + paste-back (ms) | fps |",
             "| --- | --- | --- | --- |",
@@ -186,6 +197,9 @@ def previous_results() -> dict[str, dict]:
     if not path.is_file():
         return {}
     text = path.read_text()
+    # Results written before they carried their own date and machine take the header's.
+    first = next((line for line in text.splitlines() if line.startswith("Measured ")), "Measured ? on ?,")
+    header = first.removeprefix("Measured ").split(", no GPU")[0].rstrip(",")
     found = {}
     for name in BENCHES:
         marker = f"### {name}\n\n```json\n"
@@ -195,6 +209,7 @@ def previous_results() -> dict[str, dict]:
                 found[name] = json.loads(text[start : text.index("```", start)])
             except ValueError:
                 continue
+            found[name].setdefault("measured", header)
     return found
 
 
