@@ -139,16 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--llm_history", type=int, default=10, help="question/answer turns a chat remembers (default 10)")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    # The chosen model adds its own flags; only it is imported.
-    chosen = argparse.ArgumentParser(add_help=False)
-    chosen.add_argument("--model", default="portrait")
-    name = chosen.parse_known_args(argv)[0].model
-    if name not in MODELS:
-        p.error(f"unknown --model '{name}'; choose one of: {', '.join(MODELS)}")
-    try:
-        model_class(name).add_arguments(p.add_argument_group(f"--model {name}"))
-    except RuntimeError as exc:
-        p.error(str(exc))
+    add_model_arguments(p, argv)
     opt = p.parse_args(argv)
     if opt.batch_size is not None and opt.batch_size < 1:
         p.error("--batch_size must be at least 1")
@@ -167,6 +158,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(opt, name) <= 0:
             p.error(f"--{name} must be more than 0")
     return opt
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Add the flags of the model `argv` chooses with --model (only that model is imported)."""
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--model", default="portrait")
+    name = chosen.parse_known_args(argv)[0].model
+    if name not in MODELS:
+        parser.error(f"unknown --model '{name}'; choose one of: {', '.join(MODELS)}")
+    try:
+        model_class(name).add_arguments(parser.add_argument_group(f"--model {name}"))
+    except RuntimeError as exc:
+        parser.error(str(exc))
 
 
 def model_class(model: str) -> type[LipModel]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +45,15 @@ def read_frames(path: Path) -> tuple[Iterator[np.ndarray], int | None]:
         raise AvatarError(f"cannot read video {path}")
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # container metadata: a hint for progress only
     return _rest_of(cap, first), count if count > 0 else None
+
+
+def frames_source(frames_or_path: str | Path | Iterable[np.ndarray]) -> tuple[Iterable[np.ndarray], int | None, str]:
+    """The frames of a video or image path (or the frames given), their count if known, and
+    how to name the source in messages."""
+    if isinstance(frames_or_path, (str, Path)):
+        frames, total = read_frames(Path(frames_or_path))
+        return frames, total, str(frames_or_path)
+    return frames_or_path, None, "the given frames"
 
 
 def _rest_of(cap: cv2.VideoCapture, first: np.ndarray) -> Iterator[np.ndarray]:

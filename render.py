@@ -36,7 +36,7 @@ MAX_BATCH = 100  # a batch and its look-ahead must fit the audio window's queue 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from app import MODELS, model_class
+    from app import MODELS, add_model_arguments
 
     p = argparse.ArgumentParser(prog="python -m render", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
@@ -48,15 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=None, help="video frames inferred together (default: per model)")
     p.add_argument("-l", type=int, default=10, help="audio left context in 20 ms frames (default 10)")
     p.add_argument("-r", type=int, default=10, help="audio right context in 20 ms frames (default 10)")
-    chosen = argparse.ArgumentParser(add_help=False)
-    chosen.add_argument("--model", default="portrait")
-    name = chosen.parse_known_args(argv)[0].model
-    if name not in MODELS:
-        p.error(f"unknown --model '{name}'; choose one of: {', '.join(MODELS)}")
-    try:
-        model_class(name).add_arguments(p.add_argument_group(f"--model {name}"))
-    except RuntimeError as exc:
-        p.error(str(exc))
+    add_model_arguments(p, argv)
     opt = p.parse_args(argv)
     if opt.batch_size is not None and not 1 <= opt.batch_size <= MAX_BATCH:
         p.error(f"--batch_size must be 1 to {MAX_BATCH}")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avatar_build import AvatarError, as_bgr, frame_name, no_face_message, read_frames, staged_folder, write_image
+from avatar_build import AvatarError, as_bgr, frame_name, frames_source, no_face_message, staged_folder, write_image
 from avatar_files import paste_clipped
 from musetalk.latents import crop_latents, face_crop
 from portrait.landmarks import CHIN, FACE_OVAL, detect_landmarks
@@ -120,12 +120,7 @@ def make_avatar(
     read or a frame has no face."""
     if parsing_mode not in PARSING_MODES:
         raise AvatarError(f"unknown --parsing_mode {parsing_mode!r}; choose one of {', '.join(PARSING_MODES)}")
-    total = None
-    if isinstance(frames_or_path, (str, Path)):
-        source = str(frames_or_path)
-        frames, total = read_frames(Path(frames_or_path))
-    else:
-        source, frames = "the given frames", frames_or_path
+    frames, total, source = frames_source(frames_or_path)
     with staged_folder(out_dir) as work:
         (work / "full_imgs").mkdir()
         (work / "mask").mkdir()

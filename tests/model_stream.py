@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -92,6 +93,20 @@ def watch_speech(srv: RunningServer, box: tuple[int, int, int, int], text: str =
         return Watched(at_rest, changes, speech_video, audio)
 
     return asyncio.run(scenario())
+
+
+def watch_model_server(model: str, root: Path, avatar_id: str, face: tuple[int, int, int, int]) -> Watched:
+    """A server of `model` on the models and avatars under `root` (models/, avatars/), watched
+    over the lower half of the `face` box (x1, y1, x2, y2)."""
+    srv = RunningServer([
+        "--model", model, "--avatar_root", str(root / "avatars"), "--models_dir", str(root / "models"),
+        "--avatar_id", avatar_id, "--max_session", "1",
+    ])
+    try:
+        x1, y1, x2, y2 = face
+        return watch_speech(srv, (x1, (y1 + y2) // 2, x2, y2))
+    finally:
+        srv.stop()
 
 
 def assert_lip_synced_stream(watched: Watched) -> None:

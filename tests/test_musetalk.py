@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from checkpoints import CheckpointMismatch
-from conftest import RunningServer
-from model_stream import assert_lip_synced_stream, watch_speech
+from model_stream import assert_lip_synced_stream, watch_model_server
 from museasr import Whisper, frame_windows
 from musereal import MuseTalk
 from musetalk.avatar import load_muse_avatar
@@ -167,13 +166,4 @@ def test_bad_files_say_which_file_and_what_is_wrong(files, tmp_path):
 
 
 def test_server_streams_musetalk_speech_to_a_peer(files):
-    srv = RunningServer([
-        "--model", "musetalk", "--avatar_root", str(files / "avatars"), "--models_dir", str(files / "models"),
-        "--avatar_id", "mt_test", "--max_session", "1",
-    ])
-    try:
-        x1, y1, x2, y2 = MUSE_BOX
-        watched = watch_speech(srv, (x1, (y1 + y2) // 2, x2, y2))
-    finally:
-        srv.stop()
-    assert_lip_synced_stream(watched)
+    assert_lip_synced_stream(watch_model_server("musetalk", files, "mt_test", MUSE_BOX))

@@ -49,7 +49,14 @@ def test_page_starts_a_session_and_the_avatar_speaks(server):
             page.fill("#text", "Hello, how are you?")
             page.click("#say")
             page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'true'", timeout=15000)
-            page.wait_for_function("document.querySelector('#speaking').dataset.speaking === 'false'", timeout=20000)
+            # Until every piece has been said and the avatar is idle again (on a busy machine the
+            # TTS can leave a pause between the two sentences, idle for a moment).
+            page.wait_for_function(
+                "[...document.querySelectorAll('#transcript .piece.said')].map((e) => e.textContent)"
+                ".join(' ').split(/\\s+/).filter(Boolean).length === 4"
+                " && document.querySelector('#speaking').dataset.speaking === 'false'",
+                timeout=30000,
+            )
             assert page.locator("#status").inner_text() == ""
             # The badge follows /sse; the conversation shows the spoken pieces, none still highlighted.
             spoken = " ".join(page.locator("#transcript .piece.said").all_inner_texts())

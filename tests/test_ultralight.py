@@ -14,10 +14,9 @@ import pytest
 import torch
 
 from checkpoints import CheckpointMismatch
-from conftest import RunningServer
 from hubertasr import Hubert, HubertASR, frame_windows
 from lightreal import Ultralight, load_ultralight_avatar
-from model_stream import assert_lip_synced_stream, watch_speech
+from model_stream import assert_lip_synced_stream, watch_model_server
 from tiny_models import FACE_BOX, write_hubert_folder, write_ultralight_avatar
 from ultralight.checkpoint import save_unet
 from ultralight.model import UltralightUNet
@@ -146,13 +145,4 @@ def test_bad_files_say_which_file_and_what_is_wrong(files, tmp_path):
 
 
 def test_server_streams_ultralight_speech_to_a_peer(files):
-    srv = RunningServer([
-        "--model", "ultralight", "--avatar_root", str(files / "avatars"), "--models_dir", str(files / "models"),
-        "--avatar_id", "ul_test", "--max_session", "1",
-    ])
-    try:
-        x1, y1, x2, y2 = FACE_BOX
-        watched = watch_speech(srv, (x1, (y1 + y2) // 2, x2, y2))
-    finally:
-        srv.stop()
-    assert_lip_synced_stream(watched)
+    assert_lip_synced_stream(watch_model_server("ultralight", files, "ul_test", FACE_BOX))

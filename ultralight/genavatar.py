@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from avatar_build import AvatarError, as_bgr, frame_name, no_face_message, read_frames, staged_folder, write_image
+from avatar_build import AvatarError, as_bgr, frame_name, frames_source, no_face_message, staged_folder, write_image
 from portrait.landmarks import CHEEK_LEFT, CHEEK_RIGHT, detect_landmarks
 from ultralight.render import CROP
 
@@ -50,12 +50,7 @@ def make_avatar(frames_or_path: str | Path | Iterable[np.ndarray], out_dir: Path
     from ultralight.checkpoint import load_unet
 
     load_unet(checkpoint)  # refuse a checkpoint that does not fit before any work
-    total = None
-    if isinstance(frames_or_path, (str, Path)):
-        source = str(frames_or_path)
-        frames, total = read_frames(Path(frames_or_path))
-    else:
-        source, frames = "the given frames", frames_or_path
+    frames, total, source = frames_source(frames_or_path)
     with staged_folder(out_dir) as work:
         (work / "full_imgs").mkdir()
         (work / "face_imgs").mkdir()

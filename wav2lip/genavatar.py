@@ -26,8 +26,8 @@ from avatar_build import (
     AvatarError,
     as_bgr,
     frame_name,
+    frames_source,
     no_face_message,
-    read_frames,
     staged_folder,
     write_image,
 )
@@ -53,13 +53,7 @@ def make_avatar(
     frame has no face; then `out_dir` is left as it was.
     """
     out_dir = Path(out_dir)
-    total: int | None = None
-    if isinstance(frames_or_path, (str, Path)):
-        source = str(frames_or_path)
-        frames: Iterable[np.ndarray]
-        frames, total = read_frames(Path(frames_or_path))
-    else:
-        source, frames = "the given frames", frames_or_path
+    frames, total, source = frames_source(frames_or_path)
     with staged_folder(out_dir) as work:
         _build(frames, total, work, source, img_size, pads, smooth, progress)
     log.info("wrote avatar to %s", out_dir)
