@@ -20,7 +20,10 @@ IDLE_FRAMES = 64  # the avatar's idle loop is compared over this many frames
 TEXT = (
     "Hello there. This is a longer test of lip sync, with a second sentence to say. A slow model on a "
     "busy machine needs a while before its first pictures are shown, so here is a third sentence. "
-    "And a fourth one, to be sure that there is time. The watch stops once the mouth has moved."
+    "And a fourth one, to be sure that there is time. The watch stops once the mouth has moved. "
+    "On a machine shared with other busy programs that can take a while, so the avatar goes on "
+    "talking for some time. It tells of the weather, which is fine today, and of the sea, which "
+    "is calm. Then it counts: one, two, three, four, five, six, seven, eight, nine and ten."
 )
 MOVED = 20  # mean difference from the photo's mouth that a model's mouth makes
 MIN_WATCH_S = 3.0  # seconds of speech watched at least (the frame rate is measured over them)
