@@ -92,6 +92,16 @@ class Renderer(ABC):
         """The full BGR frame for session frame `index` when nobody speaks."""
 
 
+class LoopedFramesRenderer(Renderer):
+    """For avatars of recorded frames (`self.avatar.frames`): at rest they play forward then
+    backward, untouched."""
+
+    avatar: Any
+
+    def idle_frame(self, index: int) -> np.ndarray:
+        return self.avatar.frames[mirror_index(index, len(self.avatar.frames))]
+
+
 class LipModel(ABC):
     """A lip-sync model with its avatar, loaded once per server, shared read-only."""
 
@@ -158,9 +168,11 @@ class BaseReal:
         self._jobs: queue.Queue[_Job] = queue.Queue()  # bounded by the player's capacity
         self._frame_seconds = {False: 0.0, True: 0.0}  # running cost of an idle / inferred frame
         self._batch_seconds = 0.0  # what rendering one batch takes at the current stride
+        # (thread, extra seconds closing waits for it): a batch being rendered cannot be cut
+        # short, and a slow model's (a CPU MuseTalk frame takes seconds) is waited out.
         self._threads = [
-            threading.Thread(target=self._feed_loop, name=f"feed-{sessionid}", daemon=True),
-            threading.Thread(target=self._infer_loop, name=f"infer-{sessionid}", daemon=True),
+            (threading.Thread(target=self._feed_loop, name=f"feed-{sessionid}", daemon=True), 0.0),
+            (threading.Thread(target=self._infer_loop, name=f"infer-{sessionid}", daemon=True), MAX_BATCH_WAIT_S),
         ]
         self._started = False
 
@@ -169,7 +181,7 @@ class BaseReal:
         # The avatar at rest is on screen from the first packet, before any batch is rendered.
         self.player.poster = self.renderer.idle_frame(0)
         self.tts.start()
-        for thread in self._threads:
+        for thread, _ in self._threads:
             thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
@@ -180,11 +192,8 @@ class BaseReal:
         self.tts.stop(timeout)
         if self._started:
             deadline = time.monotonic() + timeout
-            for thread in self._threads:
-                # A batch cannot be cut short: a slow model (a CPU MuseTalk frame takes
-                # seconds) is waited for as long as a batch may take.
-                limit = deadline + (MAX_BATCH_WAIT_S if thread.name.startswith("infer") else 0.0)
-                thread.join(max(0.0, limit - time.monotonic()))
+            for thread, extra in self._threads:
+                thread.join(max(0.0, deadline + extra - time.monotonic()))
                 if thread.is_alive():
                     log.error("session %s: %s did not stop in time", self.sessionid, thread.name)
         log.info("session %s closed", self.sessionid)

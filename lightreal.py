@@ -21,7 +21,7 @@ from torch import nn
 
 from avatar_files import check_counts, load_boxes, numbered_images, read_images
 from baseasr import BaseASR
-from basereal import LipModel, Renderer, avatar_dir, mirror_index, models_dir
+from basereal import LipModel, LoopedFramesRenderer, Renderer, avatar_dir, mirror_index, models_dir
 from hubertasr import Hubert, HubertASR
 from ultralight.checkpoint import load_unet
 from ultralight.render import CROP, paste_back, predict
@@ -60,7 +60,7 @@ def load_ultralight_avatar(folder: Path) -> UltralightAvatar:
     return UltralightAvatar(frames, faces_arr, coords)
 
 
-class UltralightSession(Renderer):
+class UltralightSession(LoopedFramesRenderer):
     def __init__(self, net: nn.Module, avatar: UltralightAvatar) -> None:
         self.net = net
         self.avatar = avatar
@@ -72,9 +72,6 @@ class UltralightSession(Renderer):
     def paste_back(self, pred: np.ndarray, index: int) -> np.ndarray:
         k = mirror_index(index, len(self.avatar))
         return paste_back(self.avatar.frames[k], self.avatar.faces[k], pred, self.avatar.coords[k])
-
-    def idle_frame(self, index: int) -> np.ndarray:
-        return self.avatar.frames[mirror_index(index, len(self.avatar))]
 
 
 class Ultralight(LipModel):

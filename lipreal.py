@@ -22,7 +22,7 @@ from torch import nn
 
 from avatar_files import check_counts, load_boxes, numbered_images, read_images
 from baseasr import BaseASR
-from basereal import LipModel, Renderer, avatar_dir, mirror_index, models_dir
+from basereal import LipModel, LoopedFramesRenderer, Renderer, avatar_dir, mirror_index, models_dir
 from wav2lip.audio import mel_chunks, melspectrogram
 from wav2lip.checkpoint import load_model
 from wav2lip.infer import predict
@@ -104,7 +104,7 @@ def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, in
     return out
 
 
-class Wav2LipSession(Renderer):
+class Wav2LipSession(LoopedFramesRenderer):
     """Wav2Lip keeps nothing per session: every frame is the model's and the avatar's."""
 
     def __init__(self, net: nn.Module, avatar: LipAvatar) -> None:
@@ -119,9 +119,6 @@ class Wav2LipSession(Renderer):
     def paste_back(self, pred: np.ndarray, index: int) -> np.ndarray:
         k = mirror_index(index, len(self.avatar))
         return paste_face(self.avatar.frames[k], pred, self.avatar.coords[k])
-
-    def idle_frame(self, index: int) -> np.ndarray:
-        return self.avatar.frames[mirror_index(index, len(self.avatar))]
 
 
 class Wav2Lip(LipModel):

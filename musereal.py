@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from baseasr import BaseASR
-from basereal import LipModel, Renderer, avatar_dir, mirror_index, models_dir
+from basereal import LipModel, LoopedFramesRenderer, Renderer, avatar_dir, mirror_index, models_dir
 from checkpoints import best_device, cpu_has_bf16
 from museasr import MuseASR, Whisper
 from musetalk.avatar import MuseAvatar, load_muse_avatar
@@ -29,7 +29,7 @@ from musetalk.weights import load_unet, load_vae, scaling_factor
 log = logging.getLogger(__name__)
 
 
-class MuseTalkSession(Renderer):
+class MuseTalkSession(LoopedFramesRenderer):
     def __init__(self, net: MuseTalkNet, avatar: MuseAvatar) -> None:
         self.net = net
         self.avatar = avatar
@@ -44,9 +44,6 @@ class MuseTalkSession(Renderer):
         if not a.has_face[k]:
             return a.frames[k]
         return blend_face(a.frames[k], pred, a.coords[k], a.masks[k], a.mask_coords[k])
-
-    def idle_frame(self, index: int) -> np.ndarray:
-        return self.avatar.frames[mirror_index(index, len(self.avatar))]
 
 
 class MuseTalk(LipModel):
