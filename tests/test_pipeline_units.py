@@ -212,3 +212,24 @@ def test_a_video_track_behind_the_clock_shows_the_frame_due_now():
     assert first.pts == 0
     assert second.pts == 25 * 3600  # slot 25, not slot 1: late frames are skipped
     assert player.video_slots_skipped == 24
+
+
+def test_a_late_video_track_keeps_the_newest_picture_of_the_slots_it_skips():
+    """A slow model's rare fresh frame must not vanish because its slot was skipped."""
+    clock = {"now": 100.0}
+    player = HumanPlayer(capacity=64, clock=lambda: clock["now"])
+    player.poster = np.zeros((4, 4, 3), np.uint8)
+    fresh = np.full((4, 4, 3), 200, np.uint8)
+    units = [Unit(None, (SILENCE, SILENCE)) for _ in range(40)]
+    units[10].image = fresh  # the only picture rendered, for a slot the track will skip
+    for unit in units:
+        player.push(unit)
+
+    async def frames():
+        await player.video.recv()  # slot 0
+        clock["now"] += 1.0  # the track falls 25 slots behind
+        return await player.video.recv()
+
+    late = asyncio.run(frames())
+    assert late.pts == 25 * 3600
+    assert late.to_ndarray(format="bgr24").mean() > 150  # the fresh picture, not the poster
