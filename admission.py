@@ -140,7 +140,8 @@ def vp8_seconds(images: list[Any]) -> float:
 
     from aiortc.codecs.vpx import Vp8Encoder
 
-    from webrtc import VIDEO_CLOCK, video_frame
+    from outputs.player import VIDEO_CLOCK
+    from webrtc import video_frame
 
     encoder = Vp8Encoder()
     times = []

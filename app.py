@@ -31,6 +31,7 @@ import events
 import httpapi
 import peerwatch
 import priority
+import webrtc
 from basereal import PROJECT_DIR, BaseReal, EventCallback, LipModel
 from chat import Conversation
 from httpapi import (
@@ -45,6 +46,9 @@ from httpapi import (
     require_str,
 )
 from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
+from outputs import OUTPUTS, OutputError
+from outputs.http import OutputsApi
+from outputs.session import SessionOutputs
 from safetext import OneLineFormatter, clean_text, shown
 from ttsreal import TTS_ENGINES, SpeechRefused, TTSEngine, Voice, load_tts_engine
 from uploads import DecoderBusy, UploadDecoder, UploadRefused
@@ -69,9 +73,6 @@ MODELS = {
 CONNECT_TIMEOUT_S = 10.0  # an offer whose peer never connects is dropped after this
 MAX_UPLOAD_SECONDS = 600.0
 OFFER_LIMIT = 64 * 1024  # bytes of an /offer body
-SDP_LIMIT = 32 * 1024  # a browser's offer is 3-8 KB
-SDP_MAX_MEDIA = 4  # m= sections: the page sends two (video and audio)
-SDP_MAX_CANDIDATES = 64  # each remote candidate costs ICE checks
 PENDING_OFFERS_PER_ADDRESS = 2  # offers not yet connected that one address may hold
 UPLOADS_PER_ADDRESS = 2
 STREAMS_PER_ADDRESS = 16  # /sse listeners per address
@@ -81,6 +82,9 @@ FILENAME_LIMIT = 255
 TRIM_AFTER_BYTES = 1 << 20  # after an upload this big, freed heap is handed back to the system
 # /human fields of the API itself; any others are the caller's, echoed in the session's events.
 HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts"}
+PUSH_TOKEN_ENV = "LIVETALKING_PUSH_TOKEN"
+BACKGROUND_ALIAS = 0  # upstream's pages address the one background session as session 0
+SESSION_FIELDS = {"avatar", "outputs"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,8 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--REF_FILE", default=None, help="voice: espeak voice name (e.g. cmn) or a piper .onnx voice")
     p.add_argument("--REF_TEXT", default=None, help="text of the reference audio (voice-cloning engines)")
     p.add_argument("--TTS_SERVER", default="http://127.0.0.1:9880", help="self-hosted TTS server address")
-    p.add_argument("--transport", default="webrtc", choices=["webrtc"], help="output transport")
-    p.add_argument("--push_url", default=None, help="push address (rtmp/rtcpush transports; not in this build)")
+    p.add_argument("--transport", default="webrtc", choices=["webrtc", *OUTPUTS],
+                   help="webrtc (sessions from the page, default), or also open a background session at "
+                        f"start-up with one output: {', '.join(OUTPUTS)}")
+    p.add_argument("--push_url", default=None,
+                   help="where --transport rtmp (rtmp://host/app/key) or rtcpush (a WHIP http(s) URL) pushes")
+    p.add_argument("--push_token", default=None,
+                   help=f"bearer token for WHIP pushes (or set {PUSH_TOKEN_ENV})")
+    p.add_argument("--record_dir", default=None, help="where /record writes mp4 files (default data/records)")
+    p.add_argument("--stun", default=None, help="a STUN server for every peer, e.g. stun:stun.l.google.com:19302")
+    p.add_argument("--ice_servers", default=None,
+                   help='STUN/TURN servers for the server\'s peers and the page, as JSON: '
+                        '[{"urls": ["turn:host:3478"], "username": "u", "credential": "p"}]')
     p.add_argument("--max_session", type=int, default=4, help="concurrent sessions (default 4)")
     p.add_argument("--listenport", type=int, default=8010, help="HTTP port (default 8010)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -157,6 +171,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("tts_connect_timeout", "tts_first_byte_timeout", "tts_stall_timeout", "upload_timeout"):
         if getattr(opt, name) <= 0:
             p.error(f"--{name} must be more than 0")
+    try:
+        opt.ice = webrtc.parse_ice_servers(opt.stun, opt.ice_servers)
+    except ValueError as exc:
+        p.error(str(exc))
+    opt.push_token = opt.push_token or os.environ.get(PUSH_TOKEN_ENV) or None
+    if opt.transport in ("rtmp", "rtcpush") and not opt.push_url:
+        p.error(f"--transport {opt.transport} needs --push_url")
     return opt
 
 
@@ -227,6 +248,8 @@ class LiveTalking:
         self.peers: dict[int, RTCPeerConnection] = {}
         self.events: dict[int, events.SessionEvents] = {}
         self.chats: dict[int, Conversation] = {}
+        self.outputs: dict[int, SessionOutputs] = {}
+        self.background: set[int] = set()  # sessions without a browser peer (POST /session, --transport)
         self._address: dict[int, str] = {}  # the client address that opened each session
         self._pending: set[int] = set()  # sessions whose peer has not connected yet
         self._closing: dict[int, asyncio.Future] = {}  # sessions being closed, by id
@@ -244,11 +267,22 @@ class LiveTalking:
         return BaseReal(self.opt, self.model, self.tts_engine, sessionid, on_event)
 
     def get_session(self, value: Any) -> BaseReal:
-        sessionid = parse_sessionid(value)
+        sessionid = self.resolve_sessionid(value)
         session = self.sessions.get(sessionid)
         if session is None:
             raise ApiError(404, f"no session {sessionid}; open one with POST /offer")
         return session
+
+    def resolve_sessionid(self, value: Any) -> int:
+        """A request's session id; 0 names the background session while there is only one."""
+        sessionid = parse_sessionid(value)
+        if sessionid == BACKGROUND_ALIAS:
+            if len(self.background) == 1:
+                return next(iter(self.background))
+            raise ApiError(404 if not self.background else 400,
+                           "session 0 names the background session, and there is none" if not self.background
+                           else f"there are {len(self.background)} background sessions: name one by its id")
+        return sessionid
 
     def request_close(self, sessionid: int, reason: str) -> asyncio.Future:
         """Close a session once, however many events ask for it; the task is owned here so
@@ -270,12 +304,16 @@ class LiveTalking:
         if watcher is not None:
             watcher.cancel()
         conversation = self.chats.pop(sessionid, None)
+        outputs = self.outputs.pop(sessionid, None)
+        self.background.discard(sessionid)
         self._release_address(sessionid)
         if session is None and pc is None:
             return
         log.info("closing session %s (%s)", sessionid, reason)
         if conversation is not None:
             await conversation.close()  # no answer may feed a closing session
+        if outputs is not None:
+            await outputs.close()
         if pc is not None:
             await pc.close()
         if session is not None:
@@ -294,7 +332,7 @@ class LiveTalking:
             self.limits.release("pending offer", address)
 
     async def close_all(self) -> None:
-        for sid in list(self.peers):
+        for sid in list(self.sessions):
             self.request_close(sid, "server shutdown")
         await asyncio.gather(*list(self._closing.values()), return_exceptions=True)
 
@@ -318,8 +356,8 @@ class LiveTalking:
         kind = body.get("type", "offer")
         if kind != "offer":
             raise ApiError(400, f"field 'type' must be 'offer', got {shown(kind)}")
-        if len(sdp) > SDP_LIMIT:
-            raise ApiError(413, f"the SDP offer is {len(sdp)} characters; the limit is {SDP_LIMIT}")
+        if len(sdp) > webrtc.SDP_LIMIT:
+            raise ApiError(413, f"the SDP offer is {len(sdp)} characters; the limit is {webrtc.SDP_LIMIT}")
         self._admit()
         address = self.limits.address(request)
         self.limits.take("session", address)
@@ -354,30 +392,17 @@ class LiveTalking:
 
     async def _open(self, request: web.Request, sessionid: int, sdp: str) -> web.Response:
         try:
-            await offload(request, check_sdp, sdp)
+            await offload(request, webrtc.check_offer, sdp)
         except ValueError as exc:
             raise ApiError(400, f"could not use the SDP offer: {exc}") from None
-        loop = asyncio.get_running_loop()
-        self._opening += 1
-        hub = events.SessionEvents(sessionid, loop)
-        try:
-            session = await loop.run_in_executor(self.control_pool, self.new_session, sessionid, hub.publish)
-        finally:
-            self._opening -= 1
-        pc = RTCPeerConnection()
-        self.sessions[sessionid] = session
-        self.events[sessionid] = hub
-        if self.llm is not None:
-            prompt = self.opt.llm_system_prompt if self.opt.llm_system_prompt is not None else self.llm.system_prompt
-            conversation = Conversation(self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history)
-            hub.observe(conversation.on_event)  # its history keeps what was heard
-            self.chats[sessionid] = conversation
+        session = await self._build_session(sessionid)
+        pc = webrtc.new_peer(self.opt.ice)
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            pc.addTrack(session.player.audio)
-            pc.addTrack(session.player.video)
+            for track in webrtc.session_tracks(session.player):
+                pc.addTrack(track)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close_session(sessionid, "bad offer")
@@ -387,6 +412,52 @@ class LiveTalking:
         return web.json_response(
             {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": sessionid}
         )
+
+    async def _build_session(self, sessionid: int) -> BaseReal:
+        """A new session with its events, chat and outputs, registered (not started yet)."""
+        loop = asyncio.get_running_loop()
+        self._opening += 1
+        hub = events.SessionEvents(sessionid, loop)
+        try:
+            session = await loop.run_in_executor(self.control_pool, self.new_session, sessionid, hub.publish)
+        finally:
+            self._opening -= 1
+        self.sessions[sessionid] = session
+        self.events[sessionid] = hub
+        self.outputs[sessionid] = SessionOutputs(session.player, sessionid, self.opt, hub.publish)
+        if self.llm is not None:
+            prompt = self.opt.llm_system_prompt if self.opt.llm_system_prompt is not None else self.llm.system_prompt
+            conversation = Conversation(self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history)
+            hub.observe(conversation.on_event)  # its history keeps what was heard
+            self.chats[sessionid] = conversation
+        return session
+
+    async def open_background(self, outputs: list[tuple[str, str | None]], address: str | None = None) -> int:
+        """A session without a browser: its clock runs at once and feeds `outputs` ((kind,
+        url) pairs). Returns its id; OutputError (nothing left open) when an output cannot start."""
+        self._admit()
+        if address is not None:
+            self.limits.take("session", address)
+        sessionid = self._new_sessionid()
+        if address is not None:
+            self._address[sessionid] = address
+        try:
+            session = await self._build_session(sessionid)
+        except BaseException:
+            self._release_address(sessionid)
+            raise
+        self.background.add(sessionid)
+        session.start()
+        session.player.start_clock()
+        try:
+            for kind, url in outputs:
+                await self.outputs[sessionid].add(kind, url)
+        except BaseException:
+            await self.close_session(sessionid, "an output could not start")
+            raise
+        log.info("session %s opened in the background with outputs %s (%d live)", sessionid,
+                 ", ".join(k for k, _ in outputs) or "none", len(self.sessions))
+        return sessionid
 
     def _watch_peer(self, sessionid: int, pc: RTCPeerConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -422,6 +493,36 @@ class LiveTalking:
             elif state in ("failed", "closed"):
                 cancel()
                 self.request_close(sessionid, f"peer {state}")
+
+    async def open_session(self, request: web.Request) -> web.Response:
+        """POST /session {"avatar"?, "outputs"?: ["record", {"type": "rtmp", "url": ...}]}: a
+        session without a browser; its id in "sessionid" (as /offer answers)."""
+        body = await read_json(request)
+        unknown = sorted(set(body) - SESSION_FIELDS)
+        if unknown:
+            raise ApiError(400, f"unknown fields {[k[:40] for k in unknown[:5]]}; allowed: {', '.join(SESSION_FIELDS)}")
+        avatar = body.get("avatar")
+        if avatar is not None and avatar != self.opt.avatar_id:
+            raise ApiError(400, f"avatar {shown(avatar)} is not loaded; this server runs avatar "
+                                f"'{self.opt.avatar_id}' (--avatar_id)")
+        outputs = parse_outputs(body.get("outputs", []))
+        try:
+            sessionid = await self.open_background(outputs, self.limits.address(request))
+        except OutputError as exc:
+            raise ApiError(exc.status, exc.msg) from None
+        return web.json_response({"code": 0, "msg": "ok", "sessionid": sessionid, "data": {"sessionid": sessionid}})
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        """DELETE /session/{id}: close a session (of either kind), as a browser's close does."""
+        sessionid = self.resolve_sessionid(request.match_info["sessionid"])
+        if sessionid not in self.sessions:
+            raise ApiError(404, f"no session {sessionid}")
+        await self.close_session(sessionid, "closed by request")
+        return ok()
+
+    async def ice_servers(self, _: web.Request) -> web.Response:
+        """GET /ice_servers: the STUN/TURN servers the page's peer connection should use."""
+        return ok({"iceServers": self.opt.ice})
 
     async def human(self, request: web.Request) -> web.Response:
         body = await read_json(request)
@@ -562,28 +663,32 @@ class LiveTalking:
                     "audio_lag_max_ms": round(1000 * s.player.audio_lag_max_s, 1),
                     "events_late": s.player.events_late,
                     "track_errors": s.player.track_errors,
+                    "background": s.sessionid in self.background,
+                    "outputs": self.outputs[s.sessionid].states() if s.sessionid in self.outputs else [],
                 }
                 for s in self.sessions.values()
             ],
         })
 
 
-def check_sdp(sdp: str) -> None:
-    """Parse an offer before aiortc does (in the control pool, so a hostile one costs the
-    streams nothing), refusing what no browser sends: ValueError saying what is wrong."""
-    from aiortc.sdp import SessionDescription
-
-    try:
-        description = SessionDescription.parse(sdp)
-    except Exception as exc:  # aiortc's parser raises whatever the bad line causes
-        raise ValueError(f"not an SDP offer ({type(exc).__name__}: {shown(str(exc), 80)})") from None
-    if not description.media:
-        raise ValueError("the offer has no media section")
-    if len(description.media) > SDP_MAX_MEDIA:
-        raise ValueError(f"the offer has {len(description.media)} media sections; at most {SDP_MAX_MEDIA}")
-    candidates = sum(len(m.ice_candidates) for m in description.media)
-    if candidates > SDP_MAX_CANDIDATES:
-        raise ValueError(f"the offer has {candidates} ICE candidates; at most {SDP_MAX_CANDIDATES}")
+def parse_outputs(value: Any) -> list[tuple[str, str | None]]:
+    """POST /session's "outputs": names, or {"type", "url"} objects; (kind, url) pairs."""
+    if not isinstance(value, list) or len(value) > 8:
+        raise ApiError(400, "field 'outputs' must be a list of at most 8 outputs")
+    parsed: list[tuple[str, str | None]] = []
+    for item in value:
+        if isinstance(item, str):
+            item = {"type": item}
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise ApiError(400, f"each output must be a name or {{\"type\": name, \"url\": ...}}; "
+                                f"the outputs are: {', '.join(OUTPUTS)}")
+        if item["type"] not in OUTPUTS:
+            raise ApiError(400, f"unknown output {shown(item['type'])}; choose one of: {', '.join(OUTPUTS)}")
+        url = item.get("url")
+        if url is not None and (not isinstance(url, str) or len(url) > 2048):
+            raise ApiError(400, "an output's 'url' must be a string of at most 2048 characters")
+        parsed.append((item["type"], url))
+    return parsed
 
 
 async def read_upload(request: web.Request, limit: int, timeout_s: float) -> tuple[dict[str, str], bytes | None, str]:
@@ -686,6 +791,10 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     api("POST", "/is_speaking", live.is_speaking)
     api("GET", "/stats", live.stats)
     api("GET", "/sse", live.sse)
+    api("POST", "/session", live.open_session)
+    api("DELETE", "/session/{sessionid}", live.end_session)
+    api("GET", "/ice_servers", live.ice_servers)
+    OutputsApi(live).add_routes(api)
     app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
     if policy.needs_token:
@@ -703,6 +812,10 @@ def build_app(opt: argparse.Namespace) -> web.Application:
         app[MEDIA_POOL] = media
         live.capacity.start()
         loop.run_in_executor(control, live.uploads.start)  # the decoders' imports, off the way
+        if opt.transport != "webrtc":
+            sessionid = await live.open_background([(opt.transport, opt.push_url)])
+            log.info("background session %s streams to %s (API calls may name it as session %d)",
+                     sessionid, opt.transport, BACKGROUND_ALIAS)
 
     async def on_shutdown(_: web.Application) -> None:
         await live.close_all()

@@ -32,9 +32,9 @@ import numpy as np
 
 import priority
 from baseasr import CHUNK, AudioFrame, BaseASR
+from outputs.player import SLOT_SECONDS, HumanPlayer, Unit
 from safetext import shown
 from ttsreal import BaseTTS, TTSEngine, Voice
-from webrtc import SLOT_SECONDS, HumanPlayer, Unit
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from torch import nn
 from avatar_files import check_counts, load_boxes, numbered_images, read_images
 from baseasr import BaseASR
 from basereal import LipModel, LoopedFramesRenderer, Renderer, avatar_dir, mirror_index, models_dir
+from outputs.player import FPS
 from wav2lip.audio import mel_chunks, melspectrogram
 from wav2lip.checkpoint import load_model
 from wav2lip.infer import predict
 from wav2lip.model import IMG_SIZE
-from webrtc import FPS
 
 log = logging.getLogger(__name__)
 

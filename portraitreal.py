@@ -13,9 +13,9 @@ import numpy as np
 
 from baseasr import BaseASR
 from basereal import LipModel, Renderer, avatar_dir
+from outputs.player import FPS
 from portrait.features import FEATURE_DIM, frame_features
 from portrait.render import PortraitAvatar, PortraitRenderer
-from webrtc import FPS
 
 
 class PortraitASR(BaseASR):

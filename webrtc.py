@@ -1,18 +1,10 @@
-"""WebRTC output: one audio and one video track per session, paced by one clock.
+"""WebRTC output: a peer's audio and video tracks, fed by the session's clock.
 
-A session's feeder pushes *units*: two 20 ms audio frames and the video frame made from them,
-which its inference thread fills in a little later. Time is cut into 40 ms slots counted from
-the moment the first track starts; slot k plays unit k. Whichever track reaches a slot first
-takes the next unit from the queue, and the other track finds it in a short history, so the
-picture and sound of a unit leave together even when one track runs a little behind.
-
-Audio never waits for pictures: when a unit's frame is not rendered by its slot (a model
-slower than real time), the video repeats the newest frame it has and the sound plays on.
-Only when the feeder itself is late does a slot have no unit, and then it plays silence.
-Nothing drifts, because slots follow the clock, not the queues: a track that falls behind
-the clock (a stalled event loop, a slow encoder) skips ahead instead of sending late media,
-the video as soon as it is a slot late, the sound past MAX_AUDIO_LAG_S, and the events of
-whatever was skipped are still published, late rather than never.
+Each peer (the page's, a WHEP viewer's, a WHIP push) gets its own pair of tracks, each with its
+own tap on the session's clock (outputs.player): the session renders once and every peer
+encodes for itself. A track's tap is short, so a peer whose encoder or network falls behind
+skips to the newest media instead of sending it late: a picture is worthless once its sound
+has played, and sound more than MAX_AUDIO_LAG_S late is skipped.
 
 The sound is encoded to Opus here, on the event loop (80 us per packet), and handed to aiortc
 as packets: aiortc would encode each 20 ms frame in the default thread pool, where it queues
@@ -21,237 +13,32 @@ behind every VP8 encode and anything else that pool runs, and the sound then fal
 
 from __future__ import annotations
 
-import asyncio
 import fractions
+import json
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import cv2
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from baseasr import CHUNK, SAMPLE_RATE, SILENCE, AudioFrame
+from baseasr import CHUNK, SAMPLE_RATE
+from outputs.player import FPS, MAX_AUDIO_LAG_S, PACKET_SECONDS, VIDEO_CLOCK, HumanPlayer
+from outputs.tap import Picture, Sound, Tap
+from safetext import shown
 
 log = logging.getLogger(__name__)
 
-FPS = 25
-SLOT_SECONDS = 1 / FPS
-VIDEO_CLOCK = 90000
-RECENT_SLOTS = 50  # slots a lagging track can still find its unit in (2 s)
-# Sound later than this behind the clock is skipped, not sent: a listener would hear it
-# that much late for the rest of the session.
-MAX_AUDIO_LAG_S = 0.5
 OPUS_BITRATE = 32000  # 16 kHz mono speech: Opus wideband is transparent well below this
-_SILENT_PCM = np.zeros((1, CHUNK), dtype=np.int16)
+VIDEO_TAP = 2  # pictures a video track may hold: one being encoded, the next
+AUDIO_TAP = round(MAX_AUDIO_LAG_S / PACKET_SECONDS)  # packets an audio track may hold
 _ERROR_LOG_EVERY_S = 5.0
-
-
-@dataclass(eq=False)
-class Unit:
-    """Two audio frames and the video frame made from them (None until rendered)."""
-
-    image: np.ndarray | None  # HxWx3 uint8 BGR
-    audio: tuple[AudioFrame, AudioFrame]
-    gone: bool = False  # played or dropped: rendering it now would be wasted
-    audio_sent: list[bool] = field(default_factory=lambda: [False, False])  # each frame's events published
-
-    @property
-    def speech(self) -> bool:
-        return self.audio[0].speech or self.audio[1].speech
-
-
-class HumanPlayer:
-    """Bounded unit queue between a session's render thread and its two tracks.
-
-    `capacity` bounds how far rendering may run ahead of playback (latency); the render
-    thread waits in `wait_for_room` (back-pressure) instead of growing the queue.
-    """
-
-    def __init__(
-        self,
-        capacity: int,  # units queued ahead of playback; the session may raise it later
-        on_audio_sent: Callable[[AudioFrame, list[dict]], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.capacity = capacity
-        self.preempt_keep = 1  # units left in place when speech preempts idle ones
-        self.poster: np.ndarray | None = None  # shown until the first frame is rendered
-        self._units: deque[Unit] = deque()
-        self._cond = threading.Condition()
-        self._clock = clock
-        self._start: float | None = None
-        self._next_slot = 0  # the slot the next dequeued unit plays in
-        self._recent: deque[tuple[int, Unit | None]] = deque()  # (slot, unit), at most RECENT_SLOTS
-        self._late_events: list[dict] = []  # events of audio that was skipped, published next
-        self._closed = False
-        self._on_audio_sent = on_audio_sent
-        self.audio = PlayerStreamTrack(self, "audio")
-        self.video = PlayerStreamTrack(self, "video")
-        self.frames_sent = 0
-        self.audio_packets_sent = 0
-        self.slots_played = 0  # slots that had a unit (their audio played)
-        self.slots_missed = 0  # slots the feeder was late for (silence, frame repeated)
-        self.frames_fresh = 0  # video slots showing their own rendered frame
-        self.frames_repeated = 0  # video slots repeating an older frame (inference late)
-        self.idle_units_dropped = 0  # idle units skipped so speech could start sooner
-        self.video_slots_skipped = 0  # video slots not sent because the track was behind the clock
-        self.audio_packets_skipped = 0  # 20 ms packets not sent because the sound was too late
-        self.events_late = 0  # events published with later audio, their own having been skipped
-        self.audio_lag_s = 0.0  # how late the newest audio packet left, behind the clock
-        self.audio_lag_max_s = 0.0
-        self.track_errors = 0  # exceptions caught inside the tracks (logged, the track went on)
-
-    # --- render-thread side --------------------------------------------------------------
-    def wait_for_room(self, n_units: int, timeout: float, urgent: Callable[[], bool] | None = None) -> bool:
-        """Wait until `n_units` fit without passing capacity. False on timeout or close.
-
-        Idle units are only a placeholder for silence: when `urgent()` says speech is waiting
-        and the queue ends in idle units, they are dropped (all but `preempt_keep`, the time
-        the speech's pictures need to be rendered) and the speech goes out next instead of
-        waiting behind them.
-        """
-        need = max(self.capacity - n_units, 0)
-        keep = max(1, self.preempt_keep)
-
-        def preempt() -> bool:
-            return urgent is not None and len(self._units) > keep and not self._units[-1].speech and urgent()
-
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or len(self._units) <= need or preempt(), timeout)
-            if self._closed:
-                return False
-            if len(self._units) > need:
-                if not preempt():
-                    return False
-                while len(self._units) > keep and not self._units[-1].speech:
-                    self._units.pop().gone = True
-                    self.idle_units_dropped += 1
-            return True
-
-    def poke(self) -> None:
-        """Wake a render thread waiting for room (new speech may let it preempt idle units)."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def push(self, unit: Unit) -> None:
-        with self._cond:
-            if not self._closed:
-                self._units.append(unit)
-
-    def clear(self) -> None:
-        """Drop every unit not yet played (interrupt)."""
-        with self._cond:
-            for unit in self._units:
-                unit.gone = True
-            self._units.clear()
-            self._cond.notify_all()
-
-    def slots_until(self, unit: Unit) -> int | None:
-        """How many slots before `unit` plays; None once it is gone."""
-        with self._cond:
-            if unit.gone:
-                return None
-            for position, queued in enumerate(self._units):
-                if queued is unit:
-                    return position
-        return None
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._units.clear()
-            self._cond.notify_all()
-        self.audio.stop()
-        self.video.stop()
-
-    # --- track side (event loop) ---------------------------------------------------------
-    def slot_deadline(self, slot: float) -> float:
-        """Wall-clock time at which `slot` (may be fractional for audio) starts playing."""
-        with self._cond:
-            if self._start is None:
-                self._start = self._clock()
-            return self._start + slot * SLOT_SECONDS
-
-    def now(self) -> float:
-        """The player's clock (time.monotonic, unless a test gives another)."""
-        return self._clock()
-
-    def slot_now(self, unit_seconds: float = SLOT_SECONDS) -> int:
-        """The slot (or, with unit_seconds 0.02, the audio packet) playing now on the clock."""
-        with self._cond:
-            if self._start is None:
-                return 0
-            return max(0, int((self._clock() - self._start) / unit_seconds))
-
-    def unit_for_slot(self, slot: int) -> Unit | None:
-        """The unit that plays in `slot`; None when the renderer had nothing for it."""
-        with self._cond:
-            while self._next_slot <= slot:
-                unit = self._units.popleft() if self._units else None
-                if unit is None:
-                    self.slots_missed += 1
-                else:
-                    unit.gone = True
-                    self.slots_played += 1
-                self._remember(self._next_slot, unit)
-                self._next_slot += 1
-                self._cond.notify_all()
-            for s, unit in reversed(self._recent):
-                if s == slot:
-                    return unit
-        return None  # so far behind that the unit was forgotten: play a gap
-
-    def _remember(self, slot: int, unit: Unit | None) -> None:
-        if len(self._recent) >= RECENT_SLOTS:
-            _, old = self._recent.popleft()
-            if old is not None:
-                self._skip_audio_of(old)  # the sound fell this far behind: it will never play
-        self._recent.append((slot, unit))
-
-    def _skip_audio_of(self, unit: Unit, frames: range = range(2)) -> None:
-        for k in frames:
-            if not unit.audio_sent[k]:
-                unit.audio_sent[k] = True
-                self._late_events.extend(unit.audio[k].events)
-
-    def skip_audio(self, first_packet: int, next_packet: int) -> None:
-        """The audio track jumps from packet `first_packet` to `next_packet`: what it skips is
-        not played, but its events go out with the next packet sent."""
-        self.audio_packets_skipped += next_packet - first_packet
-        self.unit_for_slot(next_packet // 2)
-        with self._cond:
-            for s, unit in self._recent:
-                if unit is None:
-                    continue
-                low = max(first_packet - 2 * s, 0)
-                high = min(next_packet - 2 * s, 2)
-                if low < high:
-                    self._skip_audio_of(unit, range(low, high))
-
-    def audio_sent(self, unit: Unit | None, k: int, lag_s: float) -> AudioFrame:
-        """Mark frame `k` of `unit` sent (SILENCE when there is no unit) and publish its events,
-        after those of skipped audio."""
-        frame = SILENCE
-        with self._cond:
-            if unit is not None and not unit.audio_sent[k]:
-                unit.audio_sent[k] = True
-                frame = unit.audio[k]
-            elif unit is not None:
-                frame = AudioFrame(unit.audio[k].samples, unit.audio[k].speech)  # events already out
-            late, self._late_events = self._late_events, []
-        self.audio_packets_sent += 1
-        self.audio_lag_s = lag_s
-        self.audio_lag_max_s = max(self.audio_lag_max_s, lag_s)
-        self.events_late += len(late)
-        if self._on_audio_sent is not None:
-            self._on_audio_sent(frame, late)
-        return frame
+SDP_LIMIT = 32 * 1024  # a browser's offer is 3-8 KB
+SDP_MAX_MEDIA = 4  # m= sections: the page sends two (video and audio)
+SDP_MAX_CANDIDATES = 64  # each remote candidate costs ICE checks
 
 
 class OpusPackets:
@@ -283,106 +70,75 @@ class OpusPackets:
         return packet
 
 
-class PlayerStreamTrack(MediaStreamTrack):
-    """An aiortc track that plays the player's units on the shared slot clock.
+class ClockTrack(MediaStreamTrack):
+    """An aiortc track playing one kind of a session's media, from its own tap on the clock.
 
-    Nothing that goes wrong inside a track may end its stream: an exception is logged and
-    the slot is played as silence (audio) or the previous picture (video).
+    The tap is attached at the first `recv` (when the peer is connected and starts sending),
+    so a peer that never connects costs the clock nothing. Nothing that goes wrong while
+    packing a frame may end the stream: it is logged and the slot is skipped.
     """
 
-    def __init__(self, player: HumanPlayer, kind: str) -> None:
+    def __init__(self, player: HumanPlayer, kind: str, name: str = "webrtc") -> None:
         super().__init__()
         self.kind = kind
         self._player = player
-        self._count = 0  # frames (video) or 20 ms packets (audio) produced
-        self._last_image: np.ndarray | None = None
+        video = kind == "video"
+        self._tap = Tap(f"{name} {kind}", video=video, audio=not video, limit=VIDEO_TAP if video else AUDIO_TAP)
+        self._attached = False
         self._opus: OpusPackets | None = None
         self._error_logged = 0.0
+        self.errors = 0
+
+    @property
+    def dropped(self) -> int:
+        """Items this peer's track skipped because it was behind."""
+        return self._tap.dropped
 
     async def recv(self) -> av.frame.Frame | av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.kind == "video":
-            return await self._recv_video()
-        return await self._recv_audio()
+        if not self._attached:
+            self._attached = True
+            self._player.attach(self._tap)
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            item = await self._tap.aget()
+            if item is None:
+                self.stop()
+                raise MediaStreamError
+            try:
+                if isinstance(item, Picture):
+                    return picture_frame(item)
+                return self._packet(item)
+            except Exception:
+                self._failed()
 
-    async def _wait(self, slot: float) -> float:
-        """Sleep until `slot` starts; how late that already was (0 when on time)."""
-        delay = self._player.slot_deadline(slot) - self._player.now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self.readyState != "live":
-            raise MediaStreamError
-        return max(0.0, -delay)
+    def _packet(self, sound: Sound) -> av.Packet:
+        if self._opus is None:
+            self._opus = OpusPackets()
+        return self._opus.encode(sound.pcm.reshape(1, CHUNK), sound.index)
 
-    def _failed(self, what: str) -> None:
-        self._player.track_errors += 1
+    def _failed(self) -> None:
+        self.errors += 1
         now = time.monotonic()
         if now - self._error_logged >= _ERROR_LOG_EVERY_S:
             self._error_logged = now
-            log.exception("%s track: %s failed; playing on (%d errors so far)", self.kind, what,
-                          self._player.track_errors)
+            log.exception("%s track: packing media failed; playing on (%d errors so far)", self.kind, self.errors)
 
-    async def _recv_video(self) -> av.VideoFrame:
-        late = await self._wait(self._count)
-        skipped = range(0)
-        if late > SLOT_SECONDS:
-            # A late frame is worthless (the sound has moved on): show the one due now.
-            now_slot = self._player.slot_now()
-            if now_slot > self._count:
-                self._player.video_slots_skipped += now_slot - self._count
-                skipped = range(self._count, now_slot)
-                self._count = now_slot
-        slot = self._count
-        try:
-            for old in skipped:
-                # A picture rendered for a skipped slot is still the newest one the viewer
-                # can have: a slow model's rare fresh frames must not vanish with the slot.
-                passed = self._player.unit_for_slot(old)
-                if passed is not None and passed.image is not None:
-                    self._last_image = passed.image
-            unit = self._player.unit_for_slot(slot)
-            if unit is not None and unit.image is not None:
-                self._last_image = unit.image
-                self._player.frames_fresh += 1
-            else:
-                self._player.frames_repeated += 1
-            image = self._last_image if self._last_image is not None else self._player.poster
-            if image is None:  # no poster either: a black frame keeps the stream alive
-                image = np.zeros((64, 64, 3), dtype=np.uint8)
-            frame = video_frame(image)
-        except Exception:
-            self._failed("a frame")
-            self._last_image = None
-            frame = video_frame(np.zeros((64, 64, 3), dtype=np.uint8))
-        frame.pts = slot * (VIDEO_CLOCK // FPS)
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self._count += 1
-        self._player.frames_sent += 1
-        return frame
+    def stop(self) -> None:
+        super().stop()
+        self._player.detach(self._tap)
 
-    async def _recv_audio(self) -> av.Packet:
-        late = await self._wait(self._count / 2)
-        if late > MAX_AUDIO_LAG_S:
-            now_packet = self._player.slot_now(SLOT_SECONDS / 2)
-            if now_packet > self._count:
-                log.warning("audio track %.2f s behind the clock: skipping %d packets", late, now_packet - self._count)
-                self._player.skip_audio(self._count, now_packet)
-                self._count = now_packet
-                late = 0.0
-        index = self._count
-        self._count += 1
-        pcm = _SILENT_PCM
-        try:
-            unit = self._player.unit_for_slot(index // 2)
-            sent = self._player.audio_sent(unit, index % 2, late)
-            if sent.speech:
-                pcm = _to_pcm16(sent.samples)
-        except Exception:
-            self._failed("a packet")
-        if self._opus is None:
-            self._opus = OpusPackets()
-        return self._opus.encode(pcm, index)
+
+def session_tracks(player: HumanPlayer, name: str = "webrtc") -> tuple[ClockTrack, ClockTrack]:
+    """A new (audio, video) pair for one peer of the session."""
+    return ClockTrack(player, "audio", name), ClockTrack(player, "video", name)
+
+
+def picture_frame(picture: Picture) -> av.VideoFrame:
+    frame = video_frame(picture.image)
+    frame.pts = picture.slot * (VIDEO_CLOCK // FPS)
+    frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+    return frame
 
 
 def video_frame(image: np.ndarray) -> av.VideoFrame:
@@ -394,6 +150,57 @@ def video_frame(image: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
 
 
-def _to_pcm16(samples: np.ndarray) -> np.ndarray:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, CHUNK)
+def parse_ice_servers(stun: str | None, ice_servers: str | None) -> list[dict[str, Any]]:
+    """The ICE servers of `--stun URL` and `--ice_servers JSON` (a list of {"urls", "username",
+    "credential"}, as a browser's RTCPeerConnection takes them); ValueError saying what is wrong."""
+    servers: list[dict[str, Any]] = []
+    if stun:
+        servers.append({"urls": [stun]})
+    if ice_servers:
+        try:
+            given = json.loads(ice_servers)
+        except ValueError as exc:
+            raise ValueError(f"--ice_servers is not JSON: {exc}") from None
+        if not isinstance(given, list):
+            raise ValueError("--ice_servers must be a JSON list of {urls, username, credential}")
+        for entry in given:
+            if not isinstance(entry, dict) or "urls" not in entry:
+                raise ValueError(f"--ice_servers entry {str(entry)[:80]} has no 'urls'")
+            urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
+            if not urls or not all(isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns")
+                                   for u in urls):
+                raise ValueError(f"--ice_servers urls must be stun:, turn: or turns: URLs, got {str(urls)[:80]}")
+            unknown = set(entry) - {"urls", "username", "credential"}
+            if unknown:
+                raise ValueError(f"--ice_servers entry has unknown keys {sorted(unknown)}")
+            servers.append({"urls": urls, **{k: str(entry[k]) for k in ("username", "credential") if k in entry}})
+    return servers
 
+
+def new_peer(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
+    """A server-side peer connection that gathers candidates through the configured STUN and
+    TURN servers (none: host candidates only, enough on one network)."""
+    if not ice_servers:
+        return RTCPeerConnection()
+    return RTCPeerConnection(RTCConfiguration(iceServers=[
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in ice_servers
+    ]))
+
+
+def check_offer(sdp: str) -> None:
+    """Parse an offer before aiortc does (in the control pool, so a hostile one costs the
+    streams nothing), refusing what no browser sends: ValueError saying what is wrong."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line causes
+        raise ValueError(f"not an SDP offer ({type(exc).__name__}: {shown(str(exc), 80)})") from None
+    if not description.media:
+        raise ValueError("the offer has no media section")
+    if len(description.media) > SDP_MAX_MEDIA:
+        raise ValueError(f"the offer has {len(description.media)} media sections; at most {SDP_MAX_MEDIA}")
+    candidates = sum(len(m.ice_candidates) for m in description.media)
+    if candidates > SDP_MAX_CANDIDATES:
+        raise ValueError(f"the offer has {candidates} ICE candidates; at most {SDP_MAX_CANDIDATES}")

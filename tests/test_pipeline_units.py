@@ -7,7 +7,9 @@ import asyncio
 import numpy as np
 
 from baseasr import CHUNK, SILENCE, AudioFrame, BaseASR
-from webrtc import HumanPlayer, Unit
+from outputs.player import HumanPlayer, Unit
+from outputs.tap import Tap
+from webrtc import session_tracks
 
 
 class WindowASR(BaseASR):
@@ -176,9 +178,9 @@ def test_audio_that_skips_ahead_publishes_what_it_skipped():
     assert player.audio_packets_skipped == 7
 
 
-def test_an_exception_inside_the_audio_track_is_logged_and_the_sound_goes_on(caplog):
+def test_an_exception_in_an_event_listener_is_logged_and_the_sound_goes_on(caplog):
     """A listener that raises (once, an event with a lone surrogate did) must not end the
-    track: the packet goes out as silence and the next ones play."""
+    clock: the sound still reaches the peer's track, a real Opus packet every 20 ms."""
 
     def broken(frame, late):
         raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
@@ -186,50 +188,74 @@ def test_an_exception_inside_the_audio_track_is_logged_and_the_sound_goes_on(cap
     player = HumanPlayer(capacity=8, on_audio_sent=broken)
     for n in range(3):
         player.push(spoken_unit(n))
+    audio, _ = session_tracks(player)
 
     async def packets():
-        return [await player.audio.recv() for _ in range(6)]
+        try:
+            return [await audio.recv() for _ in range(6)]
+        finally:
+            player.close()
 
     out = asyncio.run(packets())
     assert [p.pts for p in out] == [i * 320 for i in range(6)]
-    assert all(p.size > 0 for p in out)  # real Opus packets, one per 20 ms
-    assert player.track_errors == 6
-    assert "audio track: a packet failed; playing on" in caplog.text
+    assert all(p.size > 0 for p in out)
+    assert player.track_errors >= 6
+    assert "publishing the events of packet 0 failed; playing on" in caplog.text
 
 
-def test_a_video_track_behind_the_clock_shows_the_frame_due_now():
+def clocked_player(capacity: int) -> tuple[HumanPlayer, dict, Tap]:
+    """A player on a clock the test moves, with one output's tap attached (no clock task)."""
     clock = {"now": 100.0}
-    player = HumanPlayer(capacity=8, clock=lambda: clock["now"])
+    player = HumanPlayer(capacity=capacity, clock=lambda: clock["now"])
     player.poster = np.zeros((4, 4, 3), np.uint8)
+    tap = Tap("test", audio=False, limit=1000)
+    player._taps = (tap,)
+    return player, clock, tap
 
-    async def frames():
-        first = await player.video.recv()  # slot 0 at t=100 (the clock starts here)
-        clock["now"] += 1.0  # a second passes without a frame (a stalled loop)
-        second = await player.video.recv()
-        return first, second
 
-    first, second = asyncio.run(frames())
-    assert first.pts == 0
-    assert second.pts == 25 * 3600  # slot 25, not slot 1: late frames are skipped
+def pictures(tap: Tap) -> list:
+    out = []
+    while tap.backlog():
+        out.append(tap.get(0))
+    return out
+
+
+def test_a_clock_behind_time_shows_the_frame_due_now():
+    player, clock, tap = clocked_player(8)
+    player.advance()  # slot 0 at t=100 (the clock starts here)
+    clock["now"] += 1.0  # a second passes without a tick (a stalled loop)
+    player.advance()
+    slots = [p.slot for p in pictures(tap)]
+    assert slots == [0, 25]  # slot 25, not slots 1-25: late pictures are skipped
     assert player.video_slots_skipped == 24
 
 
-def test_a_late_video_track_keeps_the_newest_picture_of_the_slots_it_skips():
+def test_a_late_clock_keeps_the_newest_picture_of_the_slots_it_skips():
     """A slow model's rare fresh frame must not vanish because its slot was skipped."""
-    clock = {"now": 100.0}
-    player = HumanPlayer(capacity=64, clock=lambda: clock["now"])
-    player.poster = np.zeros((4, 4, 3), np.uint8)
+    player, clock, tap = clocked_player(64)
     fresh = np.full((4, 4, 3), 200, np.uint8)
     units = [Unit(None, (SILENCE, SILENCE)) for _ in range(40)]
-    units[10].image = fresh  # the only picture rendered, for a slot the track will skip
+    units[10].image = fresh  # the only picture rendered, for a slot the clock will skip
     for unit in units:
         player.push(unit)
+    player.advance()  # slot 0
+    clock["now"] += 1.0  # the clock falls 25 slots behind
+    player.advance()
+    late = pictures(tap)[-1]
+    assert late.slot == 25
+    assert late.image.mean() > 150  # the fresh picture, not the poster
 
-    async def frames():
-        await player.video.recv()  # slot 0
-        clock["now"] += 1.0  # the track falls 25 slots behind
-        return await player.video.recv()
 
-    late = asyncio.run(frames())
-    assert late.pts == 25 * 3600
-    assert late.to_ndarray(format="bgr24").mean() > 150  # the fresh picture, not the poster
+def test_every_output_gets_every_slot_and_a_slow_one_loses_only_its_own_oldest():
+    player, clock, fast = clocked_player(64)
+    slow = Tap("slow", audio=False, limit=3)
+    player._taps = (fast, slow)
+    for n in range(10):
+        unit = Unit(np.full((4, 4, 3), n, np.uint8), (SILENCE, SILENCE))
+        player.push(unit)
+    for _ in range(10):
+        player.advance()
+        clock["now"] += 0.04
+    assert [p.slot for p in pictures(fast)] == list(range(10))
+    assert [int(p.image[0, 0, 0]) for p in pictures(slow)] == [7, 8, 9]  # the newest three
+    assert slow.dropped == 7 and fast.dropped == 0
