@@ -112,6 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ice_servers", default=None,
                    help='STUN/TURN servers for the server\'s peers and the page, as JSON: '
                         '[{"urls": ["turn:host:3478"], "username": "u", "credential": "p"}]')
+    p.add_argument("--virtualcam_device", default=None,
+                   help="--transport virtualcam: the camera device, e.g. /dev/video10 (a v4l2loopback one "
+                        "on Linux; default: the first one pyvirtualcam finds)")
+    p.add_argument("--virtualcam_backend", default=None,
+                   help="--transport virtualcam: pyvirtualcam backend, v4l2loopback (Linux), obs or "
+                        "unitycapture (Windows), obs (macOS) (default: the first that works)")
+    p.add_argument("--audio_device", default=None,
+                   help="--transport virtualcam: a sound output (name, part of one, or index; see "
+                        "python -m sounddevice) that plays the avatar's voice (default: none, not played)")
     p.add_argument("--max_session", type=int, default=4, help="concurrent sessions (default 4)")
     p.add_argument("--listenport", type=int, default=8010, help="HTTP port (default 8010)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -432,9 +441,11 @@ class LiveTalking:
             self.chats[sessionid] = conversation
         return session
 
-    async def open_background(self, outputs: list[tuple[str, str | None]], address: str | None = None) -> int:
+    async def open_background(self, outputs: list[tuple[str, str | None, dict[str, str]]],
+                              address: str | None = None) -> int:
         """A session without a browser: its clock runs at once and feeds `outputs` ((kind,
-        url) pairs). Returns its id; OutputError (nothing left open) when an output cannot start."""
+        url, options) triples). Returns its id; OutputError (nothing left open) when an output
+        cannot start."""
         self._admit()
         if address is not None:
             self.limits.take("session", address)
@@ -450,13 +461,13 @@ class LiveTalking:
         session.start()
         session.player.start_clock()
         try:
-            for kind, url in outputs:
-                await self.outputs[sessionid].add(kind, url)
+            for kind, url, options in outputs:
+                await self.outputs[sessionid].add(kind, url, **options)
         except BaseException:
             await self.close_session(sessionid, "an output could not start")
             raise
         log.info("session %s opened in the background with outputs %s (%d live)", sessionid,
-                 ", ".join(k for k, _ in outputs) or "none", len(self.sessions))
+                 ", ".join(kind for kind, _, _ in outputs) or "none", len(self.sessions))
         return sessionid
 
     def _watch_peer(self, sessionid: int, pc: RTCPeerConnection) -> None:
@@ -671,11 +682,12 @@ class LiveTalking:
         })
 
 
-def parse_outputs(value: Any) -> list[tuple[str, str | None]]:
-    """POST /session's "outputs": names, or {"type", "url"} objects; (kind, url) pairs."""
+def parse_outputs(value: Any) -> list[tuple[str, str | None, dict[str, str]]]:
+    """POST /session's "outputs": names, or {"type", "url", "token"} objects; (kind, url,
+    options) triples."""
     if not isinstance(value, list) or len(value) > 8:
         raise ApiError(400, "field 'outputs' must be a list of at most 8 outputs")
-    parsed: list[tuple[str, str | None]] = []
+    parsed: list[tuple[str, str | None, dict[str, str]]] = []
     for item in value:
         if isinstance(item, str):
             item = {"type": item}
@@ -687,7 +699,14 @@ def parse_outputs(value: Any) -> list[tuple[str, str | None]]:
         url = item.get("url")
         if url is not None and (not isinstance(url, str) or len(url) > 2048):
             raise ApiError(400, "an output's 'url' must be a string of at most 2048 characters")
-        parsed.append((item["type"], url))
+        unknown = set(item) - {"type", "url", "token"}
+        if unknown:
+            raise ApiError(400, f"an output has unknown fields {sorted(k[:40] for k in unknown)[:5]}; "
+                                "allowed: type, url, token")
+        token = item.get("token")
+        if token is not None and not isinstance(token, str):
+            raise ApiError(400, "an output's 'token' must be a string")
+        parsed.append((item["type"], url, {"token": token} if token else {}))
     return parsed
 
 
@@ -813,7 +832,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
         live.capacity.start()
         loop.run_in_executor(control, live.uploads.start)  # the decoders' imports, off the way
         if opt.transport != "webrtc":
-            sessionid = await live.open_background([(opt.transport, opt.push_url)])
+            sessionid = await live.open_background([(opt.transport, opt.push_url, {})])
             log.info("background session %s streams to %s (API calls may name it as session %d)",
                      sessionid, opt.transport, BACKGROUND_ALIAS)
 
@@ -864,7 +883,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     log.info("open http://localhost:%d/ in a browser", opt.listenport)
-    web.run_app(app, host=opt.host, port=opt.listenport, print=None, **SERVER_OPTIONS)
+    try:
+        web.run_app(app, host=opt.host, port=opt.listenport, print=None, **SERVER_OPTIONS)
+    except OutputError as exc:  # --transport's output could not start
+        log.error("cannot start: %s", exc.msg)
+        return 2
     return 0
 
 

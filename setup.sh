@@ -2,14 +2,15 @@
 # Sets up LiveTalking on a fresh machine: system packages (when run as root), a virtual
 # environment in .venv and the Python packages. Safe to run again: it only adds what is missing.
 # Usage: ./setup.sh          server requirements
-#        ./setup.sh --dev    server + test requirements (pytest, ruff, Chromium for the page test)
+#        ./setup.sh --dev    server + test requirements (pytest, ruff, Chromium, nginx-rtmp and coturn for the tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
-apt_pkgs=(espeak-ng libgl1 libglib2.0-0)
-[ "$dev" = 1 ] && apt_pkgs+=(chromium)
+apt_pkgs=(espeak-ng libgl1 libglib2.0-0 libportaudio2)  # libportaudio2: --audio_device
+# The tests run real servers: nginx with its RTMP module (pushes), coturn (TURN relays).
+[ "$dev" = 1 ] && apt_pkgs+=(chromium nginx libnginx-mod-rtmp coturn)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

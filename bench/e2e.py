@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from appprocess import AppProcess  # noqa: E402
 from machine import machine_name  # noqa: E402
 
+from appprocess import AppProcess  # noqa: E402
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import mouth_change, sway_box  # noqa: E402
 from waiting import post_json, wait_until  # noqa: E402

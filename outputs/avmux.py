@@ -47,6 +47,9 @@ class AVMux:
                                       timeout=(timeout_s, timeout_s))
         try:
             self._add_streams(live)
+            # Open the encoders and write the header now: for a push this is the connection,
+            # which PyAV would otherwise make at the first packet, after "running" was told.
+            self.container.start_encoding()
         except BaseException:
             self.container.close()
             raise

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from outputs.player import BLACK, HumanPlayer
 from outputs.tap import Media, Tap
@@ -28,6 +30,21 @@ TAP_SECONDS = 4.0  # media a threaded output may fall behind by before its oldes
 STOP_WAIT_S = 10.0  # how long stopping waits for an output's thread to finish its file or socket
 RECONNECT_FIRST_S = 1.0
 RECONNECT_MAX_S = 30.0
+
+
+def safe_url(url: str, hide_last: bool = False) -> str:
+    """A push URL for the log and events: no user:password, query or fragment (tokens live
+    there), and with `hide_last` not its last path part either (an RTMP stream key)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    path = re.sub(r"/[^/]+$", "/***", parts.path) if hide_last else parts.path
+    return f"{parts.scheme}://{host}{port}{path}"
 
 
 class OutputError(Exception):

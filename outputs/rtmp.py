@@ -10,16 +10,10 @@ from __future__ import annotations
 import re
 
 from outputs.avmux import AVMux
-from outputs.base import OutputError, ThreadedOutput
+from outputs.base import OutputError, ThreadedOutput, safe_url
 from outputs.tap import Media
 
 IO_TIMEOUT_S = 5.0  # connect, and any one write: a server that stops reading is a dropped one
-
-
-def redact(url: str) -> str:
-    """A push URL for the log: the stream key (its last path part) and any password hidden."""
-    url = re.sub(r"//[^/@]*@", "//***@", url)
-    return re.sub(r"/[^/]+$", "/***", url)
 
 
 class RtmpPush(ThreadedOutput):
@@ -34,7 +28,7 @@ class RtmpPush(ThreadedOutput):
         self._mux: AVMux | None = None
 
     def describe(self) -> str:
-        return redact(str(self.url))
+        return safe_url(str(self.url), hide_last=True)
 
     def open(self) -> None:
         self._mux = AVMux(str(self.url), "flv", self.picture_size(), live=True, timeout_s=IO_TIMEOUT_S)

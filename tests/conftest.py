@@ -33,9 +33,12 @@ def _test_voices() -> Path:
 
 
 VOICES_DIR = _test_voices()
+RECORD_DIR = tempfile.mkdtemp(prefix="livetalking-records-")
+atexit.register(shutil.rmtree, RECORD_DIR, True)
 # Flags every test server gets unless the test gives its own: many sessions from one address
 # however busy the machine is (admission and per-address limits have their own tests).
-TEST_DEFAULTS = {"--max_sessions_per_ip": "8", "--capacity": "8", "--voices_dir": str(VOICES_DIR)}
+TEST_DEFAULTS = {"--max_sessions_per_ip": "8", "--capacity": "8", "--voices_dir": str(VOICES_DIR),
+                 "--record_dir": RECORD_DIR}
 
 
 class RunningServer:

@@ -44,6 +44,9 @@ class LivePeer:
     token: str | None = None  # the server's --api_token, when it has one
     headers: dict[str, str] = field(default_factory=dict)  # more headers for /offer (X-Forwarded-For)
     sessionid: int | None = None
+    # True: watch session `sessionid` as a WHEP player (POST /whep, DELETE its Location).
+    whep: bool = False
+    location: str = ""
     last_image: np.ndarray | None = None
     _pc: RTCPeerConnection | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -61,6 +64,8 @@ class LivePeer:
 
         await pc.setLocalDescription(await pc.createOffer())
         headers = {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+        if self.whep:
+            return await self._whep_offer(http, headers)
         async with http.post(
             f"{self.base_url}/offer",
             json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
@@ -71,6 +76,26 @@ class LivePeer:
         self.sessionid = answer["sessionid"]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         return answer
+
+    async def _whep_offer(self, http: aiohttp.ClientSession, headers: dict[str, str]) -> dict:
+        assert self._pc is not None
+        async with http.post(f"{self.base_url}/whep?sessionid={self.sessionid}", data=self._pc.localDescription.sdp,
+                             headers={**headers, "Content-Type": "application/sdp"}) as resp:
+            answer = await resp.text()
+            assert resp.status == 201, answer
+            assert resp.content_type == "application/sdp"
+            self.location = resp.headers["Location"]
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        return {"sdp": answer, "location": self.location}
+
+    async def leave(self, http: aiohttp.ClientSession) -> int:
+        """A WHEP player's goodbye: DELETE its Location; the HTTP status."""
+        async with http.delete(self.base_url + self.location) as resp:
+            return resp.status
+
+    def ended(self) -> bool:
+        """Every track this peer received has ended (the server closed it)."""
+        return bool(self._tasks) and all(task.done() for task in self._tasks)
 
     async def _consume(self, track) -> None:
         while True:

@@ -13,8 +13,8 @@ import time
 
 import aiohttp
 import numpy as np
-from appprocess import AppProcess
 
+from appprocess import AppProcess
 from conftest import RunningServer
 from livepeer import LivePeer
 from portrait_geometry import sway_box

@@ -17,8 +17,8 @@ import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
-from appprocess import AppProcess
 
+from appprocess import AppProcess
 from livepeer import LivePeer
 from portrait_geometry import sway_box
 from sseclient import SseClient
