@@ -1,7 +1,7 @@
 """One streaming session, written once for every model, and the seam a model plugs into.
 
     speech (TTS text or uploaded audio) -> BaseASR window -> features + batched inference ->
-    mouth pasted into the full frame -> HumanPlayer units -> WebRTC tracks
+    mouth pasted into the full frame -> HumanPlayer units -> the 40 ms clock -> outputs
 
 A model is a component the session holds, not the session itself:
 - a `LipModel`: weights and avatar, loaded once per server and shared read-only by every

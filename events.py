@@ -1,6 +1,6 @@
 """Live session events: fan-out to any number of listeners, and their Server-Sent Events stream.
 
-A session publishes `start`/`end` as each piece's audio leaves on the WebRTC track,
+A session publishes `start`/`end` as each piece's audio leaves the session's clock,
 `speaking` changes, `error`s, and `closed` when it ends. Every listener has its own bounded
 queue: a listener that stops reading is dropped when its queue fills, and one whose
 connection is gone is dropped at the next event or heartbeat, so neither costs the session

@@ -23,18 +23,17 @@ import threading
 from types import ModuleType
 from typing import Any
 
+import av
 import cv2
-import numpy as np
 import pyvirtualcam
 
+from baseasr import CHUNK, SAMPLE_RATE
 from outputs.base import OutputError, ThreadedOutput
 from outputs.player import FPS
 from outputs.tap import Media, Picture, Sound
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # the session's sound (outputs.tap.Sound)
-PACKET_SAMPLES = 320  # 20 ms
 CAMERA_BEHIND_S = 1.0  # a live camera keeps at most this much media queued; older goes
 SOUND_BUFFER_S = 0.3  # sound waiting for the device; more is dropped (oldest first)
 MODPROBE = "sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=LiveTalking exclusive_caps=1"
@@ -113,14 +112,6 @@ class SoundBuffer:
             return len(self._data)
 
 
-def resample(pcm: np.ndarray, samples: int) -> np.ndarray:
-    """One packet at another rate, linearly interpolated (speech; a device that wants 48 kHz)."""
-    if samples == len(pcm):
-        return pcm
-    at = np.linspace(0, len(pcm) - 1, samples)
-    return np.interp(at, np.arange(len(pcm)), pcm.astype(np.float32)).astype(np.int16)
-
-
 class VirtualCamera(ThreadedOutput):
     kind = "virtualcam"
 
@@ -137,6 +128,7 @@ class VirtualCamera(ThreadedOutput):
         self._sound: SoundBuffer | None = None
         self._sound_name = ""
         self._rate = SAMPLE_RATE
+        self._resampler: av.AudioResampler | None = None
         self._open_lock = threading.Lock()
         self._sound_tried = False
         self.frames = 0
@@ -205,7 +197,7 @@ class VirtualCamera(ThreadedOutput):
             rates.append(native)
         errors = []
         for rate in rates:
-            blocksize = PACKET_SAMPLES * rate // SAMPLE_RATE
+            blocksize = CHUNK * rate // SAMPLE_RATE
             self._sound = SoundBuffer(int(SOUND_BUFFER_S * 50), blocksize * 2)  # before the callback runs
             stream = None
             try:
@@ -222,6 +214,8 @@ class VirtualCamera(ThreadedOutput):
                         pass
                 continue
             self._stream, self._rate = stream, rate
+            if rate != SAMPLE_RATE:  # the device's own rate: PyAV resamples, as for AAC
+                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
             self._sound_name = f"{name} at {rate} Hz"
             log.info("session %s: the virtual camera's sound plays on %s", self.sessionid, self._sound_name)
             return
@@ -260,8 +254,13 @@ class VirtualCamera(ThreadedOutput):
             cam.send(image)  # no sleep_until_next_frame: the session's clock paces the pictures
             self.frames += 1
         elif isinstance(item, Sound) and self._sound is not None:
-            samples = PACKET_SAMPLES * self._rate // SAMPLE_RATE
-            self._sound.push(resample(item.pcm, samples).tobytes())
+            if self._resampler is None:
+                self._sound.push(item.pcm.tobytes())
+                return
+            frame = av.AudioFrame.from_ndarray(item.pcm.reshape(1, CHUNK), format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for resampled in self._resampler.resample(frame):
+                self._sound.push(resampled.to_ndarray().tobytes())
 
     def finish(self, completed: bool) -> None:
         with self._open_lock:

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from appprocess import free_port
+from appprocess import AppProcess, free_port
 from avreader import decode
 from livepeer import LivePeer
 from portrait_geometry import sway_box
@@ -254,3 +254,70 @@ def _no_leftover_outputs(server):
     yield
     assert not [t for t in threading.enumerate() if t.name.startswith(("record-", "rtmp-"))
                 and int(t.name.split("-")[1]) not in server.live.sessions]
+
+
+def test_outputs_leave_no_thread_socket_or_file_behind_and_shutdown_finishes_a_recording(tmp_path):
+    """Sessions with a recording, an RTMP push, a WHIP push and a WHEP viewer, opened and
+    closed again and again: the server's threads and open files come back to where they were.
+    Shutting the server down (SIGTERM) with outputs running finishes the recording."""
+    from nginx_rtmp import NginxRtmp, require_nginx_rtmp
+    from whip_server import WhipEndpoint
+
+    require_nginx_rtmp()
+    with NginxRtmp() as rtmp:
+        srv = AppProcess(["--capacity", "4", "--record_dir", str(tmp_path)])
+
+        async def cycle(http: aiohttp.ClientSession, whip: WhipEndpoint, close: bool = True) -> int:
+            sid = await open_background(http, srv.url, {"outputs": [
+                "record", {"type": "rtmp", "url": rtmp.url()}, {"type": "rtcpush", "url": whip.url()}]})
+            viewer = LivePeer(srv.url, sway_box(), sessionid=sid, whep=True, inspect_video=False)
+            await viewer.connect(http)
+            await viewer.wait_for_media()
+
+            async def all_running() -> bool:
+                async with http.get(srv.url + "/stats") as resp:
+                    sessions = (await resp.json())["data"]["sessions"]
+                states = [o["state"] for s in sessions for o in s["outputs"]]
+                return len(states) == 4 and set(states) == {"running"}
+
+            for _ in range(200):
+                if await all_running():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the outputs did not all run")
+            if close:
+                await end_session(http, srv.url, sid)
+                assert await wait_until(viewer.ended, 15)
+            await viewer.close()
+            return sid
+
+        async def scenario() -> tuple[list[tuple[int, int]], int, int, int]:
+            async with aiohttp.ClientSession() as http, WhipEndpoint() as whip:
+                await srv.wait_ready(http)
+                await cycle(http, whip)  # the first cycle loads codecs and starts pools
+                await asyncio.sleep(1.0)
+                counts = [(srv.threads(), srv.fds())]
+                for _ in range(3):
+                    await cycle(http, whip)
+                    await asyncio.sleep(1.0)
+                    counts.append((srv.threads(), srv.fds()))
+                sid = await cycle(http, whip, close=False)
+                await asyncio.sleep(1.0)
+                deletes_before = sum(r.deleted for r in whip.resources.values())
+                srv.proc.terminate()
+                code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, 30)
+                return counts, code, sid, sum(r.deleted for r in whip.resources.values()) - deletes_before
+
+        try:
+            counts, code, sid, deleted = run(scenario())
+        finally:
+            srv.stop()
+    (threads0, fds0), *later = counts
+    assert all(t <= threads0 + 1 for t, _ in later), counts
+    assert all(f <= fds0 + 2 for _, f in later), counts
+    assert code == 0
+    assert deleted == 1  # the WHIP resource was DELETEd at shutdown
+    finished = decode(str(tmp_path / f"{sid}.mp4"))
+    assert len(finished.video) > 25 and finished.audio
+    assert not list(tmp_path.glob("*.part"))

@@ -95,12 +95,13 @@ def unit(tag: float, is_speech: bool) -> Unit:
     return Unit(np.full((2, 2, 3), int(tag * 100), np.uint8), (frame, frame))
 
 
-def test_both_tracks_get_the_same_unit_for_a_slot_whichever_asks_first():
+def test_a_slot_keeps_its_unit_after_the_clock_passed_it_and_an_empty_slot_is_a_gap():
     player = HumanPlayer(capacity=8)
     units = [unit(i / 10, True) for i in range(5)]
     for u in units:
         player.push(u)
-    # The video track runs ahead to slot 3; the audio track, behind, then asks for slots 0..3.
+    # The clock jumps to slot 3 (a skip); the units of slots 0..3 are still found (a skip keeps
+    # the newest picture among them and publishes their events).
     assert player.unit_for_slot(3) is units[3]
     assert [player.unit_for_slot(s) for s in range(4)] == units[:4]
     assert player.unit_for_slot(4) is units[4]
@@ -147,16 +148,15 @@ def spoken_unit(n: int) -> Unit:
 
 
 def test_audio_far_behind_the_video_still_publishes_every_event_late_not_never():
-    """The audio track fell more than the history behind the video track (a stalled loop):
-    the units it can no longer find are never played, but their events go out, in order,
-    with the next packet that is."""
+    """The clock jumped further than its history keeps (a long-stalled loop): the units it
+    skipped are never played, but their events go out, in order, with the next packet that is."""
     published: list[str] = []
     player = HumanPlayer(capacity=100, on_audio_sent=lambda frame, late: published.extend(
         f"{e['status']} {e['text']}" for e in [*late, *frame.events]))
     for n in range(60):
         player.push(spoken_unit(n))
-    player.unit_for_slot(59)  # the video track is at slot 59
-    # The audio track was at slot 0: slots 0-9 were forgotten (the history keeps 50).
+    player.unit_for_slot(59)  # the clock jumps to slot 59
+    # Slots 0-9 fell out of the history (it keeps 50): their events are due now.
     sent = player.audio_sent(player.unit_for_slot(10), 0, lag_s=1.2)
     assert sent.events == ({"status": "start", "text": "s10"},)
     expected = [f"{kind} s{n}" for n in range(10) for kind in ("start", "end")] + ["start s10"]
