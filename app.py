@@ -627,7 +627,7 @@ class LiveTalking:
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
         """GET /sse?sessionid=N: the session's events as Server-Sent Events."""
-        sessionid = parse_sessionid(request.query.get("sessionid"))
+        sessionid = self.resolve_sessionid(request.query.get("sessionid"))
         hub = self.events.get(sessionid)
         if hub is None or sessionid not in self.sessions:
             raise ApiError(404, f"no session {sessionid}; open one with POST /offer")

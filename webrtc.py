@@ -152,9 +152,16 @@ def video_frame(image: np.ndarray) -> av.VideoFrame:
 
 def parse_ice_servers(stun: str | None, ice_servers: str | None) -> list[dict[str, Any]]:
     """The ICE servers of `--stun URL` and `--ice_servers JSON` (a list of {"urls", "username",
-    "credential"}, as a browser's RTCPeerConnection takes them); ValueError saying what is wrong."""
+    "credential"}, as a browser's RTCPeerConnection takes them); ValueError saying what is wrong.
+
+    Each URL must be one both ends can use: aiortc's parser takes it (a browser's takes the same
+    forms), and a turn:/turns: server has a username and credential (a browser's RTCPeerConnection
+    refuses to be made without them)."""
     servers: list[dict[str, Any]] = []
     if stun:
+        _check_ice_url(stun, "--stun")
+        if not stun.startswith("stun:"):
+            raise ValueError(f"--stun must be a stun: URL, got {stun[:80]!r}")
         servers.append({"urls": [stun]})
     if ice_servers:
         try:
@@ -170,18 +177,33 @@ def parse_ice_servers(stun: str | None, ice_servers: str | None) -> list[dict[st
             if not urls or not all(isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns")
                                    for u in urls):
                 raise ValueError(f"--ice_servers urls must be stun:, turn: or turns: URLs, got {str(urls)[:80]}")
+            for url in urls:
+                _check_ice_url(url, "--ice_servers")
             unknown = set(entry) - {"urls", "username", "credential"}
             if unknown:
                 raise ValueError(f"--ice_servers entry has unknown keys {sorted(unknown)}")
+            if any(u.startswith("turn") for u in urls) and not all(
+                    isinstance(entry.get(k), str) and entry[k] for k in ("username", "credential")):
+                raise ValueError(f"--ice_servers entry with TURN urls {str(urls)[:80]} needs a username and a "
+                                 f"credential")
             servers.append({"urls": urls, **{k: str(entry[k]) for k in ("username", "credential") if k in entry}})
     return servers
 
 
+def _check_ice_url(url: str, flag: str) -> None:
+    from aiortc.rtcicetransport import parse_stun_turn_uri
+
+    try:
+        parse_stun_turn_uri(url)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {url[:80]!r} is not a STUN/TURN URL ({exc}); e.g. stun:host:3478, "
+                         f"turn:host:3478, turn:host:3478?transport=tcp") from None
+
+
 def new_peer(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
     """A server-side peer connection that gathers candidates through the configured STUN and
-    TURN servers (none: host candidates only, enough on one network)."""
-    if not ice_servers:
-        return RTCPeerConnection()
+    TURN servers (none: host candidates only, enough on one network). The configuration is
+    always given: aiortc's default one asks Google's public STUN server."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
         for s in ice_servers

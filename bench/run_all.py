@@ -25,6 +25,7 @@ BENCHES = {
     "chat_latency": ["bench/chat_latency.py", "--repeats", "5"],
     "soak": ["bench/soak.py", "--scan", "6", "--seconds", "40", "--minutes", "10", "--hostile"],
     "model_speed": ["bench/model_speed.py"],
+    "outputs": ["bench/outputs.py", "--seconds", "8", "--repeats", "5", "--max_sessions", "4"],
 }
 # (bench, key, label, target, better)
 TARGETS = [
@@ -46,6 +47,17 @@ TARGETS = [
     ("soak", "soak_events_lost", "10 min soak: start/end events lost", 0, "lower"),
     ("soak", "soak_rss_growth_mb", "10 min soak: server RSS growth while speaking (MB)", None, "lower"),
     ("soak", "soak_fds_growth", "10 min soak: open files growth", None, "lower"),
+    ("outputs", "cpu_none", "server CPU, a speaking session with no output (cores)", None, "lower"),
+    ("outputs", "cpu_webrtc", "... with the page's WebRTC peer (cores)", None, "lower"),
+    ("outputs", "cpu_two_webrtc", "... with the page's peer and a WHEP viewer (cores)", None, "lower"),
+    ("outputs", "cpu_record", "... recording an mp4 (cores)", None, "lower"),
+    ("outputs", "cpu_rtmp", "... pushing RTMP to nginx (cores)", None, "lower"),
+    ("outputs", "cpu_whip", "... pushing WHIP (cores)", None, "lower"),
+    ("outputs", "first_speech_rtmp_ms", "POST /human to first speech at an RTMP reader through nginx (ms)", None,
+     "lower"),
+    ("outputs", "first_speech_whep_ms", "POST /human to first speech at a WHEP viewer (ms)", 400, "lower"),
+    ("outputs", "sessions_webrtc_and_record", "speaking sessions with a WebRTC viewer and a recording each, all at "
+     "24+ fps", None, "higher"),
     ("chat_latency", "clause_to_audio_ms", "LLM's first clause to first speech audio at the client (ms)", 300, "lower"),
 ]
 
@@ -91,6 +103,11 @@ NOTES = [
     "  few percent of the same rate, so the convolution kernels are at this CPU's fp32 limit: at",
     "  batch 1, where the plain forward is already efficient, only fewer operations (bfloat16,",
     "  Winograd) could go further, and the 1.3x target is missed there.",
+    "- Outputs (bench/outputs.py): CPU is the server process's while one session speaks, per",
+    "  output kind, beside the same session with none. The RTMP reader is PyAV through nginx-rtmp",
+    "  (nginx forwards at once; the reader's own buffering is part of the figure); the WHEP viewer is",
+    "  an aiortc peer timing audio on arrival. The scan adds sessions, each with a WebRTC viewer and a",
+    "  recording, while all speak; a count holds when every viewer gets 24+ fps and no slot is missed.",
     "- MuseTalk and Ultralight (bench/model_speed.py) are built at their real sizes with random",
     "  weights. Features are one batch's audio window (-l 10 -r 10); their cost is per batch, so",
     "  small batches pay it more often. MuseTalk's whisper runs on 30 s of mostly padding by",

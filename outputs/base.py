@@ -32,6 +32,22 @@ RECONNECT_FIRST_S = 1.0
 RECONNECT_MAX_S = 30.0
 
 
+class Backoff:
+    """How long a push waits before its next try: 1 s, doubling to 30 s, from 1 s again once
+    a connection came up."""
+
+    def __init__(self) -> None:
+        self.delay = RECONNECT_FIRST_S
+
+    def reset(self) -> None:
+        self.delay = RECONNECT_FIRST_S
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(2 * delay, RECONNECT_MAX_S)
+        return delay
+
+
 def safe_url(url: str, hide_last: bool = False) -> str:
     """A push URL for the log and events: no user:password, query or fragment (tokens live
     there), and with `hide_last` not its last path part either (an RTMP stream key)."""
@@ -145,14 +161,14 @@ class ThreadedOutput(Output):
             log.error("session %s output %s did not stop in %g s", self.sessionid, self.kind, STOP_WAIT_S)
 
     def _run(self) -> None:
-        delay = RECONNECT_FIRST_S
+        backoff = Backoff()
         while not self._stopping.is_set():
             opened = False
             try:
                 self.open()
                 opened = True
                 self.tell("running", self.describe())
-                delay = RECONNECT_FIRST_S
+                backoff.reset()
                 self._pump()
                 self.finish(completed=True)
                 return
@@ -166,11 +182,11 @@ class ThreadedOutput(Output):
                     self.tell("failed", reason, logging.ERROR)
                     self.player.detach(self.tap)
                     return
+                delay = backoff.next()
                 self.tell("reconnecting", f"{'dropped' if opened else 'could not connect'} ({reason}); "
                                           f"next try in {delay:g} s", logging.WARNING)
                 if self._stopping.wait(delay):
                     return
-                delay = min(2 * delay, RECONNECT_MAX_S)
                 self._skip_backlog()
 
     def _pump(self) -> None:

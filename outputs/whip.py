@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 import webrtc
-from outputs.base import RECONNECT_FIRST_S, RECONNECT_MAX_S, Output, OutputError, safe_url
+from outputs.base import Backoff, Output, OutputError, safe_url
 from safetext import shown
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class WhipPush(Output):
 
     # --- the push's task ---------------------------------------------------------------------
     async def _run(self) -> None:
-        delay = RECONNECT_FIRST_S
+        backoff = Backoff()
         while True:
             self._up = False
             try:
@@ -128,11 +128,11 @@ class WhipPush(Output):
             self.failures += 1
             await self._teardown()
             if self._up:
-                delay = RECONNECT_FIRST_S
+                backoff.reset()
+            delay = backoff.next()
             self.tell("reconnecting", f"{'dropped' if self._up else 'could not connect'} ({reason}); "
                                       f"next try in {delay:g} s", logging.WARNING)
             await asyncio.sleep(delay)
-            delay = min(2 * delay, RECONNECT_MAX_S)
 
     async def _push_once(self) -> str:
         """Connect and push until the connection ends: why it ended. Raises when it cannot connect."""

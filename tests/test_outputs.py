@@ -4,13 +4,14 @@ or failed output may not do to the others."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
 import aiohttp
 import pytest
 
-from appprocess import AppProcess, free_port
+from appprocess import AppProcess
 from avreader import decode
 from livepeer import LivePeer
 from portrait_geometry import sway_box
@@ -153,9 +154,16 @@ def test_outputs_share_one_clock_and_each_event_fires_once(server):
     assert all(loud), loud
 
 
-def test_a_push_that_cannot_connect_costs_the_page_nothing(server):
-    """An RTMP push to a server that is not there keeps reconnecting; the page's peer still
-    gets every frame and the speech."""
+@pytest.mark.parametrize("target", ["nobody listening", "a listener that never answers"])
+def test_a_push_that_cannot_connect_costs_the_page_nothing(server, target):
+    """An RTMP push to a server that is not there, or that takes the connection and never
+    answers the handshake, keeps reconnecting; the page's peer still gets every frame and the
+    speech, and stopping the session is not held up by the stuck push."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    if target != "nobody listening":
+        hole.listen(8)  # accepts (the kernel does) and never reads
+    port = hole.getsockname()[1]
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -164,7 +172,7 @@ def test_a_push_that_cannot_connect_costs_the_page_nothing(server):
             await peer.wait_for_media()
             sid = peer.sessionid
             status, reply = await post_json(http, server.url + "/push",
-                                            {"sessionid": sid, "url": f"rtmp://127.0.0.1:{free_port()}/live/x"})
+                                            {"sessionid": sid, "url": f"rtmp://127.0.0.1:{port}/live/x"})
             assert status == 200, reply
             t0 = time.monotonic()
             await post_json(http, server.url + "/human", {"sessionid": sid, "text": "Still here."})
@@ -173,13 +181,19 @@ def test_a_push_that_cannot_connect_costs_the_page_nothing(server):
             video = peer.video_since(t0)
             fps = (len(video) - 1) / (video[-1].arrival - video[0].arrival)
             outputs = server.live.outputs[sid].states()
+            await end_session(http, server.url, sid)
             await peer.close()
-            return heard, fps, outputs
+            return heard, fps, outputs, sid
 
-    heard, fps, outputs = run(scenario())
+    try:
+        heard, fps, outputs, sid = run(scenario())
+    finally:
+        hole.close()
     assert heard
     assert fps >= 20, fps
-    assert outputs[0]["state"] == "reconnecting" and outputs[0]["failures"] >= 1, outputs
+    if target == "nobody listening":
+        assert outputs[0]["state"] == "reconnecting" and outputs[0]["failures"] >= 1, outputs
+    assert not [t for t in threading.enumerate() if t.name in (f"rtmp-{sid}", f"infer-{sid}")]
 
 
 def test_background_sessions_and_session_0(server):
@@ -205,8 +219,12 @@ def test_background_sessions_and_session_0(server):
             status, reply = await post_json(http, server.url + "/is_speaking", {"sessionid": 0})
             answers["two background"] = (status, reply["msg"])
             await end_session(http, server.url, other)
+            events = SseClient(f"{server.url}/sse?sessionid=0")  # the alias works for events too
+            await events.connect(http)
             status, reply = await post_json(http, server.url + "/human", {"sessionid": 0, "text": "Hi."})
             answers["human on 0"] = (status, reply["msg"])
+            answers["heard on 0"] = (await events.wait_for(lambda e: e["status"] == "end", 20))["text"]
+            await events.close()
             await end_session(http, server.url, 0)  # the alias works for closing too
             async with http.delete(f"{server.url}/session/{sid}") as resp:
                 answers["closed"] = (resp.status, "")
@@ -221,7 +239,7 @@ def test_background_sessions_and_session_0(server):
     assert answers["no background"][0] == 404
     assert answers["alias"] == (200, False)
     assert answers["two background"][0] == 400 and "name one" in answers["two background"][1]
-    assert answers["human on 0"][0] == 200
+    assert answers["human on 0"][0] == 200 and answers["heard on 0"] == "Hi."
     assert answers["closed"][0] == 404
     assert sid not in server.live.sessions and len(server.live.sessions) == before
     assert not [t for t in threading.enumerate() if t.name.endswith(str(sid))]

@@ -47,15 +47,51 @@ async function api(path, body) {
   return reply;
 }
 
+// --- the peer connection and its ICE servers ------------------------------------------------
+// Before each Start the page asks the server which STUN/TURN servers to use (GET /ice_servers:
+// what app.py's --stun and --ice_servers give; the API token goes with it when the page has one).
+// If that call fails the page connects with no servers (enough on one network) and says so.
+//
+// Add ?relay=1 to the page's address (http://host:8010/?relay=1) to force relay-only ICE
+// (iceTransportPolicy "relay"): media then flows through a TURN server or not at all, which is
+// how an operator checks a TURN setup (and how the tests prove media crosses the relay).
+const RELAY_ONLY = new URLSearchParams(window.location.search).get("relay") === "1";
+const GATHER_TIMEOUT_MS = 10000; // a TURN server that never answers must not stall Start
+
+async function iceServers() {
+  try {
+    const res = await call("/ice_servers", { method: "GET" });
+    if (res.status === 401) return { refused: true }; // no token given: /offer would be refused too
+    const reply = await res.json();
+    if (!res.ok || reply.code !== 0) throw new Error(reply.msg || `HTTP ${res.status}`);
+    return { servers: Array.isArray(reply.data?.iceServers) ? reply.data.iceServers : [], note: "" };
+  } catch (err) {
+    return { servers: [], note: `no STUN/TURN servers (GET /ice_servers failed: ${err.message})` };
+  }
+}
+
+function newPeer(servers) {
+  const policy = RELAY_ONLY ? "relay" : "all";
+  try {
+    return { peer: new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: policy }), note: "" };
+  } catch (err) { // a server list this browser refuses: connect without it rather than not at all
+    return {
+      peer: new RTCPeerConnection({ iceServers: [], iceTransportPolicy: policy }),
+      note: `no STUN/TURN servers (this browser refused them: ${err.message})`,
+    };
+  }
+}
+
 function waitForIceGathering(peer) {
   if (peer.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
-    const check = () => {
-      if (peer.iceGatheringState === "complete") {
-        peer.removeEventListener("icegatheringstatechange", check);
-        resolve();
-      }
+    const done = () => {
+      clearTimeout(timer);
+      peer.removeEventListener("icegatheringstatechange", check);
+      resolve();
     };
+    const check = () => { if (peer.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, GATHER_TIMEOUT_MS); // go on with what was gathered
     peer.addEventListener("icegatheringstatechange", check);
   });
 }
@@ -63,7 +99,24 @@ function waitForIceGathering(peer) {
 async function start() {
   setStatus("");
   $("start").disabled = true;
-  pc = new RTCPeerConnection({ iceServers: [] });
+  const ice = await iceServers();
+  if (ice.refused) {
+    setStatus("could not start: this server needs its API token");
+    stop();
+    return;
+  }
+  const made = newPeer(ice.servers);
+  const note = ice.note || made.note;
+  if (note) setStatus(`${note}: connecting without them`);
+  pc = made.peer;
+  window.livetalkingPeer = pc; // for tests and the console: pc.getStats() shows the candidate pair
+  const peer = pc;
+  const iceErrors = []; // a STUN/TURN server that could not be used, e.g. "turn:host:3478: 401 Unauthorized"
+  pc.addEventListener("icecandidateerror", (ev) => {
+    const line = `${ev.url || ev.address || "ICE server"}: ${ev.errorCode} ${ev.errorText}`.trim();
+    console.warn("ICE candidate error", line);
+    if (!iceErrors.includes(line)) iceErrors.push(line);
+  });
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addEventListener("track", (ev) => {
@@ -78,11 +131,25 @@ async function start() {
     target.srcObject = new MediaStream([ev.track]);
   });
   pc.addEventListener("connectionstatechange", () => {
-    if (pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) stop();
+    if (pc !== peer) return; // an earlier Start's peer
+    if (peer.connectionState === "failed") {
+      const why = iceErrors.length ? ` (${iceErrors.join("; ")})` : "";
+      const relay = RELAY_ONLY ? " through the TURN relay (?relay=1)" : "";
+      setStatus(`the connection failed: no network path to the server worked${relay}${why}`);
+      stop();
+    } else if (peer.connectionState === "closed") {
+      stop();
+    }
   });
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc);
+    if (RELAY_ONLY && !/^a=candidate:.* typ relay/m.test(pc.localDescription.sdp)) {
+      const why = iceErrors.length ? iceErrors.join("; ")
+        : ice.note || made.note || (ice.servers.length ? "no TURN server answered"
+          : "the server gives no TURN server (see app.py --ice_servers)");
+      throw new Error(`relay-only (?relay=1) but no TURN relay address was gathered: ${why}`);
+    }
     const res = await call("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -105,6 +172,10 @@ function stop() {
   events = null;
   if (pc) pc.close();
   pc = null;
+  window.livetalkingPeer = null;
+  // Tell the server at once (a peer that never connected would otherwise hold its session
+  // until the 10 s connect timeout); a failure here changes nothing for the page.
+  if (sessionid !== null) call(`/session/${sessionid}`, { method: "DELETE" }).catch(() => {});
   sessionid = null;
   setConnected(false);
   showSpeaking(false);
