@@ -17,6 +17,7 @@ from livepeer import LivePeer
 from portrait_geometry import sway_box
 from sseclient import SseClient
 from test_rtmp import SPEECH_RMS, lip_sync_offset
+from test_streaming import connected_peer
 from waiting import post_json, wait_until
 
 
@@ -111,9 +112,7 @@ def test_outputs_share_one_clock_and_each_event_fires_once(server):
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
-            peer = LivePeer(server.url, sway_box())
-            await peer.connect(http)
-            await peer.wait_for_media()
+            peer = await connected_peer(server, http)
             sid = peer.sessionid
             events = SseClient(f"{server.url}/sse?sessionid={sid}")
             await events.connect(http)
@@ -167,9 +166,7 @@ def test_a_push_that_cannot_connect_costs_the_page_nothing(server, target):
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
-            peer = LivePeer(server.url, sway_box())
-            await peer.connect(http)
-            await peer.wait_for_media()
+            peer = await connected_peer(server, http)
             sid = peer.sessionid
             status, reply = await post_json(http, server.url + "/push",
                                             {"sessionid": sid, "url": f"rtmp://127.0.0.1:{port}/live/x"})
