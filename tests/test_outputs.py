@@ -312,10 +312,11 @@ def test_outputs_leave_no_thread_socket_or_file_behind_and_shutdown_finishes_a_r
         async def scenario() -> tuple[list[tuple[int, int]], int, int, int]:
             async with aiohttp.ClientSession() as http, WhipEndpoint() as whip:
                 await srv.wait_ready(http)
-                await cycle(http, whip)  # the first cycle loads codecs and starts pools
+                for _ in range(2):  # the first cycles load codecs and grow the thread pools
+                    await cycle(http, whip)
                 await asyncio.sleep(1.0)
                 counts = [(srv.threads(), srv.fds())]
-                for _ in range(3):
+                for _ in range(4):
                     await cycle(http, whip)
                     await asyncio.sleep(1.0)
                     counts.append((srv.threads(), srv.fds()))
@@ -330,9 +331,11 @@ def test_outputs_leave_no_thread_socket_or_file_behind_and_shutdown_finishes_a_r
             counts, code, sid, deleted = run(scenario())
         finally:
             srv.stop()
+    # A thread or a file left by each cycle would add 4; the pools (media encoders, control
+    # work) may still grow by a thread or two, up to their bounds, when work comes at once.
     (threads0, fds0), *later = counts
-    assert all(t <= threads0 + 1 for t, _ in later), counts
-    assert all(f <= fds0 + 2 for _, f in later), counts
+    assert max(t for t, _ in later) <= threads0 + 3, counts
+    assert max(f for _, f in later) <= fds0 + 3, counts
     assert code == 0
     assert deleted == 1  # the WHIP resource was DELETEd at shutdown
     finished = decode(str(tmp_path / f"{sid}.mp4"))
