@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from httpapi import ApiError, ok, read_body, read_json, require_str
+import webrtc
+from httpapi import ApiError, offload, ok, read_body, read_json, require_str
 from outputs.base import OutputError
 from outputs.record import record_path
 from outputs.whep import WhepViewer
@@ -124,6 +125,10 @@ class OutputsApi:
         if request.content_type != "application/sdp":
             raise ApiError(415, "send the offer as Content-Type: application/sdp")
         sdp = (await read_body(request, WHEP_SDP_LIMIT)).decode("utf-8", "replace")
+        try:  # the checks /offer makes, off the loop, before aiortc parses it
+            await offload(request, webrtc.check_offer, sdp)
+        except ValueError as exc:
+            raise ApiError(400, f"could not use the SDP offer: {exc}") from None
         if sum(1 for r in self._viewers.values() if r[0] == sessionid) >= MAX_VIEWERS:
             raise ApiError(429, f"session {sessionid} has {MAX_VIEWERS} viewers, the limit")
         resource = secrets.token_urlsafe(16)

@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
 
 from appprocess import AppProcess
 from avreader import decode
@@ -260,10 +261,28 @@ def test_whep_refuses_what_is_not_a_whep_offer(server):
                 out["no session"] = resp.status
             async with http.patch(f"{server.url}/whep/nothing", data="x") as resp:
                 out["patch unknown"] = resp.status
+            pc = RTCPeerConnection()
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            offer = pc.localDescription.sdp
+            await pc.close()
+            player = server.live.sessions[sid].player
+            sent_before = player.frames_sent
+            flood = offer + "".join(f"a=candidate:{i} 1 udp 1 10.0.{i // 250}.{i % 250} 9 typ host\r\n"
+                                    for i in range(100))
+            for name, body in {"too many candidates": flood, "huge": "v=0\r\n" + "a=x\r\n" * 20000,
+                               "odd characters": offer.replace("v=0", "v=0\udcff\u202e\x00", 1)}.items():
+                async with http.post(f"{server.url}/whep?sessionid={sid}", data=body.encode("utf-8", "surrogatepass"),
+                                     headers={"Content-Type": "application/sdp"}) as resp:
+                    out[name] = resp.status
+            await asyncio.sleep(0.5)
+            out["session still streams"] = player.frames_sent > sent_before
             await end_session(http, server.url, sid)
             return out
 
-    assert run(scenario()) == {"json": 415, "garbage": 400, "no session": 404, "patch unknown": 404}
+    assert run(scenario()) == {"json": 415, "garbage": 400, "no session": 404, "patch unknown": 404,
+                               "too many candidates": 400, "huge": 413, "odd characters": 400,
+                               "session still streams": True}
 
 
 @pytest.fixture(autouse=True)
