@@ -135,7 +135,8 @@ def session_tracks(player: HumanPlayer, name: str = "webrtc") -> tuple[ClockTrac
 
 
 def picture_frame(picture: Picture) -> av.VideoFrame:
-    frame = video_frame(picture.image)
+    i420 = picture.i420  # converted once for every peer of the session
+    frame = video_frame(picture.image) if i420 is None else av.VideoFrame.from_ndarray(i420, format="yuv420p")
     frame.pts = picture.slot * (VIDEO_CLOCK // FPS)
     frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
     return frame

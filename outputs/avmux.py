@@ -82,13 +82,15 @@ class AVMux:
         assert self._first_slot is not None
         w, h = self._size
         image = picture.image
-        if image.shape[:2] != (h, w):
+        if image.shape[:2] == (h, w):
+            i420 = picture.i420  # shared with the session's other outputs
+        else:
             # An odd side loses its last row or column; a frame of another size (the avatar
             # changed) is scaled to the stream's.
             odd_only = 0 <= image.shape[0] - h <= 1 and 0 <= image.shape[1] - w <= 1
             image = image[:h, :w] if odd_only else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2YUV_I420),
-                                           format="yuv420p")
+            i420 = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         frame.pts = picture.slot - self._first_slot
         frame.time_base = fractions.Fraction(1, FPS)
         self.container.mux(self._video.encode(frame))

@@ -14,7 +14,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,15 @@ class Picture:
 
     slot: int
     image: np.ndarray
+
+    @cached_property
+    def i420(self) -> np.ndarray | None:
+        """The picture as I420 (what VP8 and H.264 encode; BT.601 studio range, as FFmpeg
+        converts), made once for all the outputs that encode it; None when a side is odd."""
+        h, w = self.image.shape[:2]
+        if h % 2 or w % 2:
+            return None
+        return cv2.cvtColor(self.image, cv2.COLOR_BGR2YUV_I420)
 
 
 @dataclass(frozen=True, eq=False)
