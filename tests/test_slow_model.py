@@ -96,5 +96,7 @@ def test_slow_model_keeps_sound_continuous_and_picture_in_step(slow_server):
     assert moving, "the mouth never moved"
     onset = moving[0] - audio[loud[0]].arrival
     offset = moving[-1] - audio[loud[-1]].arrival
-    assert abs(onset) <= 0.08, f"mouth opened {onset * 1000:.0f} ms from the sound"
+    # At 16 fps the model renders about two slots in three, so the first slot of the tone may repeat
+    # the last closed-mouth picture: one slot (40 ms) late by design, plus the receiver's jitter.
+    assert abs(onset) <= 0.12, f"mouth opened {onset * 1000:.0f} ms from the sound"
     assert abs(offset) <= 0.12, f"mouth closed {offset * 1000:.0f} ms from the sound"
