@@ -45,11 +45,17 @@ from httpapi import (
     read_json,
     require_str,
 )
+from inputs import vad
+from inputs.utterance import SegmenterConfig
+from inputs.voice import MODES as ASR_MODES
+from inputs.voice import Hooks, VoiceInput
 from llm import ChatBackend, LLMError, LLMNotConfigured, make_backend
 from outputs import OUTPUTS, OutputError
 from outputs.http import OutputsApi
 from outputs.session import SessionOutputs
 from safetext import OneLineFormatter, clean_text, shown
+from stt import STT_ENGINES, SttNotAvailable, load_stt
+from stt.base import SpeechToText
 from ttsreal import TTS_ENGINES, SpeechRefused, TTSEngine, Voice, load_tts_engine
 from uploads import DecoderBusy, UploadDecoder, UploadRefused
 from voices import VoiceRefused
@@ -161,6 +167,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--llm_system_prompt", default=None, help="system prompt of every chat (default: short spoken answers)"
     )
     p.add_argument("--llm_history", type=int, default=10, help="question/answer turns a chat remembers (default 10)")
+    p.add_argument("--asr", default="whisper", choices=[*STT_ENGINES, "off"],
+                   help="speech-to-text of the page's microphone: whisper (offline, default), openai "
+                        "(an OpenAI-compatible /v1/audio/transcriptions at --asr_url), funasr (a FunASR "
+                        "WebSocket server at --asr_url), off")
+    p.add_argument("--asr_model", default=None,
+                   help="whisper: a CTranslate2 whisper folder (default the packaged tiny.en); openai: the model name")
+    p.add_argument("--asr_url", default=None, help="the speech-to-text server of --asr openai or funasr")
+    p.add_argument("--asr_language", default=None, help="the language spoken, e.g. en, zh (default the model's)")
+    p.add_argument("--asr_timeout", type=float, default=10.0,
+                   help="seconds a speech-to-text server may take per utterance (default 10)")
+    p.add_argument("--asr_silence_ms", type=int, default=600,
+                   help="silence that ends an utterance, in ms (default 600)")
+    p.add_argument("--asr_mode", default=None, choices=["chat", "echo"],
+                   help="where a transcript goes: chat (the LLM; the default with one) or echo (spoken back)")
+    p.add_argument("--barge_in", default="on", choices=["on", "off"],
+                   help="on: talking over the avatar interrupts it; off: the mic is ignored while it speaks")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     add_model_arguments(p, argv)
     opt = p.parse_args(argv)
@@ -177,7 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opt.cors = access.parse_origins(opt.cors_origins)
     except ValueError as exc:
         p.error(str(exc))
-    for name in ("tts_connect_timeout", "tts_first_byte_timeout", "tts_stall_timeout", "upload_timeout"):
+    if not 100 <= opt.asr_silence_ms <= 5000:
+        p.error("--asr_silence_ms must be between 100 and 5000")
+    for name in ("tts_connect_timeout", "tts_first_byte_timeout", "tts_stall_timeout", "upload_timeout", "asr_timeout"):
         if getattr(opt, name) <= 0:
             p.error(f"--{name} must be more than 0")
     try:
@@ -233,6 +257,14 @@ class LiveTalking:
         except LLMNotConfigured as exc:
             self.llm_off = str(exc)
             log.info("chat: off (no LLM configured; --llm_url or OPENAI_BASE_URL turns it on)")
+        self.stt: SpeechToText | None = None
+        if opt.asr != "off":
+            try:
+                vad.load()
+                self.stt = load_stt(opt)
+            except (SttNotAvailable, vad.VadUnavailable) as exc:
+                raise RuntimeError(f"speech input (--asr {opt.asr}): {exc}") from None
+            log.info("speech input: %s; barge-in %s", self.stt.description, opt.barge_in)
         log.info(
             "loaded model %s, avatar %s, tts %s in %.1fs",
             opt.model, opt.avatar_id, opt.tts, time.perf_counter() - started,
@@ -258,6 +290,7 @@ class LiveTalking:
         self.events: dict[int, events.SessionEvents] = {}
         self.chats: dict[int, Conversation] = {}
         self.outputs: dict[int, SessionOutputs] = {}
+        self.inputs: dict[int, VoiceInput] = {}  # sessions listening to their peer's microphone
         self.background: set[int] = set()  # sessions without a browser peer (POST /session, --transport)
         self._address: dict[int, str] = {}  # the client address that opened each session
         self._pending: set[int] = set()  # sessions whose peer has not connected yet
@@ -314,11 +347,14 @@ class LiveTalking:
             watcher.cancel()
         conversation = self.chats.pop(sessionid, None)
         outputs = self.outputs.pop(sessionid, None)
+        listening = self.inputs.pop(sessionid, None)
         self.background.discard(sessionid)
         self._release_address(sessionid)
         if session is None and pc is None:
             return
         log.info("closing session %s (%s)", sessionid, reason)
+        if listening is not None:
+            await listening.close()  # no transcript may ask a closing session anything
         if conversation is not None:
             await conversation.close()  # no answer may feed a closing session
         if outputs is not None:
@@ -365,6 +401,7 @@ class LiveTalking:
         kind = body.get("type", "offer")
         if kind != "offer":
             raise ApiError(400, f"field 'type' must be 'offer', got {shown(kind)}")
+        asr_mode = self._asr_mode(body.get("asr_mode"))
         if len(sdp) > webrtc.SDP_LIMIT:
             raise ApiError(413, f"the SDP offer is {len(sdp)} characters; the limit is {webrtc.SDP_LIMIT}")
         self._admit()
@@ -379,7 +416,7 @@ class LiveTalking:
         self._address[sessionid] = address
         self._pending.add(sessionid)
         try:
-            return await self._open(request, sessionid, sdp)
+            return await self._open(request, sessionid, sdp, asr_mode)
         except BaseException:
             if sessionid not in self.sessions:
                 self._release_address(sessionid)  # never opened: nothing else will release it
@@ -399,7 +436,7 @@ class LiveTalking:
         if busy is not None:
             raise ApiError(503, f"the server is too busy for another session ({busy}); try again later")
 
-    async def _open(self, request: web.Request, sessionid: int, sdp: str) -> web.Response:
+    async def _open(self, request: web.Request, sessionid: int, sdp: str, asr_mode: str | None) -> web.Response:
         try:
             await offload(request, webrtc.check_offer, sdp)
         except ValueError as exc:
@@ -408,6 +445,15 @@ class LiveTalking:
         pc = webrtc.new_peer(self.opt.ice)
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
+        listening = self._listen(session, asr_mode)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            # A page that sends its microphone (a sendrecv audio transceiver); upstream's
+            # receive-only pages send none and nothing here runs.
+            if track.kind == "audio" and listening is not None:
+                listening.attach(track)
+
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             for track in webrtc.session_tracks(session.player):
@@ -418,9 +464,77 @@ class LiveTalking:
             raise ApiError(400, f"could not use the SDP offer: {shown(str(exc), 200)}") from None
         session.start()
         log.info("session %s opened (%d live)", sessionid, len(self.sessions))
+        asr = None if listening is None else {
+            "engine": self.stt.name, "mode": listening.mode, "barge_in": self.opt.barge_in == "on",
+        }
         return web.json_response(
-            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": sessionid}
+            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "sessionid": sessionid, "asr": asr}
         )
+
+    def _asr_mode(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if value not in ASR_MODES:
+            raise ApiError(400, f"field 'asr_mode' must be one of {', '.join(ASR_MODES)}, got {shown(value)}")
+        if value == "chat" and self.llm is None:
+            raise ApiError(400, f"asr_mode 'chat' needs an LLM: {self.llm_off}")
+        return value
+
+    def _listen(self, session: BaseReal, mode: str | None) -> VoiceInput | None:
+        """The session's speech input (None with --asr off): what its peer's mic says goes to
+        the chat or is spoken back."""
+        if self.stt is None:
+            return None
+        sessionid = session.sessionid
+        hub = self.events[sessionid]
+
+        def say(text: str, datainfo: dict) -> None:
+            try:
+                session.say(text, datainfo)
+            except SpeechRefused as exc:
+                hub.publish({**datainfo, "status": "error", "source": "tts", "msg": exc.msg})
+
+        async def ask(text: str, datainfo: dict) -> None:
+            conversation = self.chats.get(sessionid)
+            if conversation is None:
+                return say(text, datainfo)
+            try:
+                await conversation.ask(text, datainfo)
+            except LLMError as exc:
+                hub.publish({**datainfo, "status": "error", "source": "llm", "msg": exc.msg})
+
+        def speculate(text: str, datainfo: dict):
+            conversation = self.chats.get(sessionid)
+            try:
+                return conversation.speculate(text, datainfo) if conversation is not None else None
+            except LLMError:
+                return None
+
+        hooks = Hooks(interrupt=lambda: self._interrupt(session), say=say, ask=ask, speculate=speculate,
+                      publish=hub.publish)
+        default = self.opt.asr_mode or ("chat" if self.llm is not None else "echo")
+        listening = VoiceInput(
+            sessionid, self.stt, hooks, session.player, mode=mode or default, barge_in=self.opt.barge_in == "on",
+            config=SegmenterConfig(end_silence_s=self.opt.asr_silence_ms / 1000),
+        )
+        self.inputs[sessionid] = listening
+        return listening
+
+    async def asr_mode(self, request: web.Request) -> web.Response:
+        """POST /asr_mode {sessionid, mode: chat|echo|off, ...}: where the session's speech goes;
+        the other fields come back in its listening and transcript events."""
+        body = await read_json(request)
+        session = self.get_session(body.get("sessionid"))
+        listening = self.inputs.get(session.sessionid)
+        if listening is None:
+            why = "this server has no speech input (--asr off)" if self.stt is None else \
+                f"session {session.sessionid} has no microphone input (a page's WebRTC session has one)"
+            raise ApiError(400, why)
+        mode = self._asr_mode(body.get("mode"))
+        if mode is None:
+            raise ApiError(400, f"missing field 'mode' ({', '.join(ASR_MODES)})")
+        listening.set_mode(mode, extra_fields(body, {"sessionid", "mode"}))
+        return ok({"mode": mode})
 
     async def _build_session(self, sessionid: int) -> BaseReal:
         """A new session with its events, chat and outputs, registered (not started yet)."""
@@ -676,6 +790,7 @@ class LiveTalking:
                     "track_errors": s.player.track_errors,
                     "background": s.sessionid in self.background,
                     "outputs": self.outputs[s.sessionid].states() if s.sessionid in self.outputs else [],
+                    "voice": self.inputs[s.sessionid].describe() if s.sessionid in self.inputs else None,
                 }
                 for s in self.sessions.values()
             ],
@@ -813,6 +928,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     api("POST", "/session", live.open_session)
     api("DELETE", "/session/{sessionid}", live.end_session)
     api("GET", "/ice_servers", live.ice_servers)
+    api("POST", "/asr_mode", live.asr_mode)
     OutputsApi(live).add_routes(api)
     app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
@@ -840,6 +956,8 @@ def build_app(opt: argparse.Namespace) -> web.Application:
         await live.close_all()
         if live.llm is not None:
             await live.llm.aclose()
+        if live.stt is not None:
+            await live.stt.aclose()
 
     async def on_cleanup(_: web.Application) -> None:
         await live.capacity.stop()

@@ -132,6 +132,24 @@ class Conversation:
             opened.cancel()
             log.info("session %s: LLM slow to accept; answering the request now", self.sessionid)
 
+    def speculate(self, question: str, datainfo: dict | None = None, voice: Any = None) -> Speculation:
+        """Start answering a question that may still change (the user paused, and may go on):
+        the answer streams, but nothing of it is spoken (nor any error told) until released.
+        A withdrawn speculation leaves no trace in the history."""
+        if self._closed:
+            raise LLMError(503, f"session {self.sessionid} is closing")
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        opened.cancel()  # nobody waits for the endpoint to accept it: failures are events
+        gate = asyncio.Event()
+        previous = self._tasks[-1] if self._tasks else None
+        task = loop.create_task(
+            self._answer(question, dict(datainfo or {}), voice, previous, opened, gate), name=f"llm-{self.sessionid}"
+        )
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+        return Speculation(self, task, gate)
+
     def on_event(self, event: dict) -> None:
         """Follow the session's events (on the event loop): an "end" marks its piece heard.
 
@@ -170,9 +188,9 @@ class Conversation:
             if not turn.cut:
                 turn.cut = True
                 log.info("session %s: answer cut; the history keeps what was heard: %r", self.sessionid, turn.answer)
-        self._forget_unsaid()
+        self.forget_unsaid()
 
-    def _forget_unsaid(self) -> None:
+    def forget_unsaid(self) -> None:
         """Drop turns of which nothing counts as said (cut unheard, failed before a word)."""
         playing = {id(piece.turn) for piece in self._playing}
         kept = [turn for turn in self._turns if turn.answer or id(turn) in playing]
@@ -184,21 +202,31 @@ class Conversation:
         await self.cancel()
 
     async def _answer(
-        self, question: str, datainfo: dict, voice: Any, previous: asyncio.Task | None, opened: asyncio.Future
+        self,
+        question: str,
+        datainfo: dict,
+        voice: Any,
+        previous: asyncio.Task | None,
+        opened: asyncio.Future,
+        gate: asyncio.Event | None = None,
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # in order: this question must see that answer
         try:
-            await self._stream_answer(question, datainfo, voice, opened)
+            await self._stream_answer(question, datainfo, voice, opened, gate)
         except LLMError as exc:
-            self._forget_unsaid()
+            self.forget_unsaid()
+            if gate is not None:
+                await gate.wait()  # a speculation's failure is told only if it is released
             self._fail(exc, datainfo, opened)
         except Exception as exc:  # a bug here must not pass silently nor end the session
             log.exception("session %s: chat failed", self.sessionid)
-            self._forget_unsaid()
+            self.forget_unsaid()
             self._fail(LLMError(502, f"chat failed: {exc}"), datainfo, opened)
 
-    async def _stream_answer(self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future) -> None:
+    async def _stream_answer(
+        self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future, gate: asyncio.Event | None
+    ) -> None:
         started = time.perf_counter()
         reply = await self.backend.open(self.messages_for(question), f"{self.sessionid}")
         if not opened.done():
@@ -217,9 +245,13 @@ class Conversation:
                 words.append(delta)
                 for piece in splitter.feed(delta):
                     spoken += 1
+                    if gate is not None:
+                        await gate.wait()
                     await self._speak(turn, piece, datainfo, voice, spoken, started)
             for piece in splitter.finish():
                 spoken += 1
+                if gate is not None:
+                    await gate.wait()
                 await self._speak(turn, piece, datainfo, voice, spoken, started)
         except asyncio.CancelledError:
             log.info("session %s: LLM answer cancelled after %d pieces", self.sessionid, spoken)
@@ -257,6 +289,31 @@ class Conversation:
             return
         log.warning("session %s: %s", self.sessionid, exc.msg)
         self._publish({**datainfo, "status": "error", "source": "llm", "msg": exc.msg})
+
+
+class Speculation:
+    """An answer held back until its question is final (Conversation.speculate)."""
+
+    def __init__(self, conversation: Conversation, task: asyncio.Task, gate: asyncio.Event) -> None:
+        self._conversation = conversation
+        self._task = task
+        self._gate = gate
+
+    def release(self) -> bool:
+        """The question stands: speak the answer. False when it was cancelled meanwhile (an
+        interrupt), and the question must be asked afresh."""
+        if self._task.done():
+            return False
+        self._gate.set()
+        return True
+
+    async def withdraw(self) -> None:
+        """The user went on talking: drop the answer and close its stream."""
+        if self._task.done():
+            return
+        self._task.cancel()
+        await asyncio.wait([self._task])
+        self._conversation.forget_unsaid()
 
 
 def _resolve(opened: asyncio.Future) -> None:

@@ -24,6 +24,7 @@ from aiohttp import web
 class Script:
     chunks: list[str] = field(default_factory=lambda: ["Hello", " there."])
     interval: float = 0.0  # seconds between chunks
+    first_delay: float = 0.0  # seconds before the first chunk (a model's time to first token)
     status: int = 200  # anything else answers {"error": {"message": message}} with this status
     message: str = "scripted failure"
     error_after: int | None = None  # send an error chunk instead of chunk N (mid-stream failure)
@@ -137,6 +138,8 @@ class FakeLLM:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:
+            if script.first_delay:
+                await asyncio.sleep(script.first_delay)
             for i, text in enumerate(script.chunks):
                 if script.gate is not None and i == script.gate_at:
                     while not script.gate.is_set():

@@ -48,13 +48,17 @@ class LivePeer:
     whep: bool = False
     location: str = ""
     last_image: np.ndarray | None = None
+    # A microphone sent on the audio transceiver (sendrecv, as the page's), and more /offer fields.
+    mic: object | None = None
+    offer_fields: dict = field(default_factory=dict)
+    on_audio: object | None = None  # called with each received audio frame (a loopback mic)
     _pc: RTCPeerConnection | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def connect(self, http: aiohttp.ClientSession) -> dict:
         pc = self._pc = RTCPeerConnection()
         pc.addTransceiver("video", direction="recvonly")
-        audio = pc.addTransceiver("audio", direction="recvonly")
+        audio = pc.addTransceiver(self.mic or "audio", direction="sendrecv" if self.mic else "recvonly")
         if self.audio_prefetch is not None:
             audio.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=self.audio_prefetch)
 
@@ -68,7 +72,7 @@ class LivePeer:
             return await self._whep_offer(http, headers)
         async with http.post(
             f"{self.base_url}/offer",
-            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
+            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, **self.offer_fields},
             headers=headers,
         ) as resp:
             answer = await resp.json()
@@ -113,6 +117,8 @@ class LivePeer:
                 x1, y1, x2, y2 = self.mouth_box
                 self.video.append(VideoSample(now, frame.pts, image[y1:y2, x1:x2].copy(), (frame.width, frame.height)))
             else:
+                if self.on_audio is not None:
+                    self.on_audio(frame)
                 pcm = frame.to_ndarray().astype(np.float32) / 32768.0
                 self.audio.append(AudioSample(now, frame.pts, float(np.sqrt(np.mean(pcm**2))), frame.samples))
 

@@ -1,11 +1,17 @@
-// LiveTalking demo client: WebRTC receive-only peer plus the HTTP API.
+// LiveTalking demo client: a WebRTC peer (the avatar's picture and voice in, the microphone out)
+// plus the HTTP API.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let pc = null;
 let sessionid = null;
 let events = null; // EventSource on /sse: speaking, start/end of each piece, errors, closed
-let turn = 0; // attached to each /human call; its events carry it back, so pieces find their line
+let turn = 0; // attached to each /human and /asr_mode call; its events carry it back, so pieces find their line
+let micSender = null; // the audio transceiver's sender: the microphone goes out on it, no renegotiation
+let asr = null; // the server's speech input for this session ({engine, mode, barge_in}), or null: none
+// Whether the user picked a speech mode: only then does /offer ask for one. Otherwise the server
+// picks (chat with an LLM, echo without; it refuses "chat" when it has no LLM) and the select shows it.
+let modeChosen = false;
 const MAX_LOG = 100;
 
 function setStatus(text) { $("status").textContent = text || ""; }
@@ -15,6 +21,7 @@ function setConnected(connected) {
   $("stop").disabled = !connected;
   for (const id of ["say", "interrupt", "upload", "ask"]) $(id).disabled = !connected;
   $("sessionid").textContent = connected && sessionid !== null ? String(sessionid) : "none";
+  setMicControls(connected);
 }
 
 // A server started with --api_token answers 401 without it: the page asks once and keeps the
@@ -118,7 +125,9 @@ async function start() {
     if (!iceErrors.includes(line)) iceErrors.push(line);
   });
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" });
+  // sendrecv from the start, with no track yet: turning the mic on later is a replaceTrack on
+  // this sender (no renegotiation), and nothing asks for the microphone until the user does.
+  micSender = pc.addTransceiver("audio", { direction: "sendrecv" }).sender;
   pc.addEventListener("track", (ev) => {
     // The server sends both tracks in one stream: one element plays it, so the browser keeps
     // sound and picture in sync (and the voice is not played twice).
@@ -153,11 +162,14 @@ async function start() {
     const res = await call("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+      body: JSON.stringify(offerBody(pc.localDescription)),
     });
     const answer = await res.json();
     if (!res.ok || answer.code === -1) throw new Error(answer.msg || `HTTP ${res.status}`);
     sessionid = answer.sessionid;
+    // An older server's answer has no "asr" at all: like --asr off, no speech input.
+    asr = answer.asr && typeof answer.asr === "object" ? answer.asr : null;
+    if (asr && (asr.mode === "chat" || asr.mode === "echo")) $("asr-mode").value = asr.mode;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     setConnected(true);
     listen(sessionid);
@@ -165,6 +177,12 @@ async function start() {
     setStatus(`could not start: ${err.message}`);
     stop();
   }
+}
+
+function offerBody(offer) {
+  const body = { sdp: offer.sdp, type: offer.type };
+  if (modeChosen) body.asr_mode = $("asr-mode").value;
+  return body;
 }
 
 function stop() {
@@ -177,8 +195,12 @@ function stop() {
   // until the 10 s connect timeout); a failure here changes nothing for the page.
   if (sessionid !== null) call(`/session/${sessionid}`, { method: "DELETE" }).catch(() => {});
   sessionid = null;
+  releaseMic();
+  micSender = null;
+  asr = null;
   setConnected(false);
   showSpeaking(false);
+  showListening(false);
 }
 
 function showSpeaking(speaking) {
@@ -200,6 +222,9 @@ function onEvent(ev) {
   if (ev.status === "speaking") showSpeaking(ev.speaking === true);
   else if (ev.status === "start") pieceOf(ev, true);
   else if (ev.status === "end") pieceOf(ev, false);
+  else if (ev.status === "listening") showListening(true);
+  else if (ev.status === "transcript") heard(ev);
+  else if (ev.status === "barge_in") flash($("speaking"));
   else if (ev.status === "error") setStatus(ev.msg);
   else if (ev.status === "closed" && events) { events.close(); events = null; }
 }
@@ -216,11 +241,23 @@ function logEvent(ev) {
   log.scrollTop = log.scrollHeight;
 }
 
-// The avatar's line for a turn, made on the fly for speech this page did not ask for.
+// The avatar's line for a turn: the turn's last line when it is the avatar's, else a new one.
+// New ones are made on the fly for speech this page did not ask for (no turn: it continues the
+// bottom line while that is such a line) and for each spoken question (all questions of one
+// mic opening share its turn, or have none: each answer goes under its own question).
 function answerLine(t) {
-  let line = t === undefined ? null : document.querySelector(`#transcript li.avatar[data-turn="${t}"]`);
-  if (!line) line = addLine("avatar", "", t);
-  return line;
+  const lines = t === undefined ? $("transcript").children
+    : document.querySelectorAll(`#transcript li[data-turn="${t}"]`);
+  const last = lines[lines.length - 1];
+  const fits = last && last.classList.contains("avatar") && (t !== undefined || last.dataset.turn === undefined);
+  return fits ? last : addLine("avatar", "", t);
+}
+
+// The highlighted span of a piece that has just been said, wherever its line is.
+function pieceSpan(ev) {
+  const lines = ev.turn === undefined ? "#transcript li.avatar:not([data-turn])"
+    : `#transcript li.avatar[data-turn="${ev.turn}"]`;
+  return [...document.querySelectorAll(`${lines} .piece.now`)].find((s) => s.textContent.trim() === ev.text);
 }
 
 function addLine(kind, text, t) {
@@ -236,16 +273,220 @@ function addLine(kind, text, t) {
 // A piece is highlighted from the moment its audio leaves the server until its end event.
 function pieceOf(ev, starting) {
   if (!ev.text) return; // an uploaded file has no words
-  const line = answerLine(ev.turn);
   if (starting) {
     const span = document.createElement("span");
     span.className = "piece now";
     span.textContent = ev.text + " ";
-    line.appendChild(span);
+    answerLine(ev.turn).appendChild(span);
   } else {
-    const span = [...line.querySelectorAll(".piece.now")].find((s) => s.textContent.trim() === ev.text);
+    const span = pieceSpan(ev);
     if (span) span.className = "piece said";
   }
+}
+
+// --- the microphone -------------------------------------------------------------------------------
+// One getUserMedia per session, at the first Mic click: off is track.enabled = false (the browser
+// sends silence, the server hears nobody), so on again is instant and asks nothing. Stop, or the
+// device going away, releases the track; the next Mic click asks again.
+const MIC_CONSTRAINTS = {
+  audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+};
+// The meter shows the RMS scaled up: speech at a normal distance is an RMS of 0.02-0.2, which
+// would barely move a 0..1 bar.
+const METER_GAIN = 4;
+const mic = {
+  track: null, context: null, analyser: null, frame: 0,
+  opening: null, // the getUserMedia in flight: a second click waits for it, never asks twice
+  on: false,
+  oneUtterance: false, // push-to-talk: off again after the next final transcript
+};
+
+function setMicControls(connected) {
+  const usable = connected && asr !== null;
+  const why = !connected ? "Start a session first"
+    : asr === null ? "this server has no speech input (app.py --asr off)" : "";
+  const interrupts = asr && asr.barge_in ? "; talk over the avatar to interrupt it" : "";
+  const titles = {
+    mic: `Talk to the avatar (${asr?.engine || "speech input"}): on for one question${interrupts}`,
+    "hands-free": "Keep the mic on, question after question, until unticked",
+    "asr-mode": "chat: the LLM answers what you say; echo: the avatar repeats it",
+  };
+  for (const [id, title] of Object.entries(titles)) {
+    $(id).disabled = !usable;
+    $(id).title = why || title;
+  }
+}
+
+function showMic(on) {
+  mic.on = on;
+  $("mic").dataset.on = String(on);
+  $("mic").setAttribute("aria-pressed", String(on));
+  if (mic.track) mic.track.enabled = on;
+  if (!on) $("hands-free").checked = false;
+}
+
+async function micOn(oneUtterance) {
+  mic.oneUtterance = oneUtterance;
+  if (mic.on) return;
+  if (!mic.track && !(await openMic())) return;
+  showMic(true);
+  // A fresh turn for what is said from now on: its transcript and answer events carry it back.
+  turn += 1;
+  setAsrMode($("asr-mode").value, { turn });
+}
+
+function micOff() {
+  showMic(false);
+  $("mic-level").value = 0;
+}
+
+// getUserMedia, the track onto the peer's sender and a level meter on it: false when the browser
+// gives no microphone (permission denied, no device), said in #status; the session streams on.
+async function openMic() {
+  const peer = pc;
+  if (!mic.opening) mic.opening = navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+  let stream;
+  try {
+    stream = await mic.opening;
+  } catch (err) {
+    setStatus(`microphone unavailable: ${err.name}${err.message ? ` (${err.message})` : ""}`);
+    micOff();
+    return false;
+  } finally {
+    mic.opening = null;
+  }
+  const track = stream.getAudioTracks()[0];
+  if (pc !== peer || !micSender || !track || mic.track) { // Stop while the browser asked, or a second click
+    if (track !== mic.track) stream.getTracks().forEach((t) => t.stop());
+    return Boolean(mic.track) && pc === peer;
+  }
+  mic.track = track;
+  track.enabled = false; // until showMic(true): the caller decides
+  track.onended = () => { // unplugged, or the browser took it back
+    if (mic.track !== track) return;
+    releaseMic();
+    setStatus("the microphone stopped (unplugged?): click Mic to use it again");
+  };
+  try {
+    await micSender.replaceTrack(track);
+  } catch (err) {
+    releaseMic();
+    setStatus(`microphone unavailable: could not send it (${err.message})`);
+    return false;
+  }
+  startMeter(stream);
+  setStatus("");
+  return true;
+}
+
+function releaseMic() {
+  micOff();
+  const track = mic.track;
+  mic.track = null;
+  if (track) {
+    track.onended = null;
+    track.stop();
+  }
+  if (micSender) micSender.replaceTrack(null).catch(() => {}); // a closed peer refuses: nothing to undo
+  cancelAnimationFrame(mic.frame);
+  if (mic.context) mic.context.close().catch(() => {});
+  mic.context = null;
+  mic.analyser = null;
+}
+
+// The level meter: the RMS of the mic's last samples, once a frame; 0 while the mic is off.
+function startMeter(stream) {
+  try {
+    mic.context = new AudioContext();
+    mic.analyser = mic.context.createAnalyser();
+    mic.analyser.fftSize = 1024;
+    mic.context.createMediaStreamSource(stream).connect(mic.analyser);
+  } catch (err) { // no WebAudio: the mic works without its meter
+    console.warn("no microphone level meter", err);
+    mic.context = null;
+    mic.analyser = null;
+    return;
+  }
+  const samples = new Float32Array(mic.analyser.fftSize);
+  const tick = () => {
+    if (!mic.analyser) return;
+    let level = 0;
+    if (mic.on) {
+      mic.analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const x of samples) sum += x * x;
+      level = Math.min(1, METER_GAIN * Math.sqrt(sum / samples.length));
+    }
+    $("mic-level").value = level;
+    mic.frame = requestAnimationFrame(tick);
+  };
+  mic.frame = requestAnimationFrame(tick);
+}
+
+function clickMic() {
+  if (mic.on) {
+    micOff(); // and hands-free with it: the user said stop
+  } else {
+    micOn(!$("hands-free").checked);
+  }
+}
+
+function toggleHandsFree() {
+  if ($("hands-free").checked) micOn(false);
+  else micOff();
+}
+
+// Also how the spoken turn gets its fields echoed back (like /human's turn).
+async function setAsrMode(mode, fields = {}) {
+  if (sessionid === null || asr === null) return;
+  const session = asr;
+  try {
+    const reply = await api("/asr_mode", { sessionid, mode, ...fields });
+    session.mode = reply.data && reply.data.mode ? reply.data.mode : mode;
+  } catch (err) { // e.g. chat on a server without an LLM: the select shows what is still in force
+    setStatus(`could not set the speech mode: ${err.message}`);
+    if (session === asr) $("asr-mode").value = session.mode;
+  }
+}
+
+function chooseAsrMode() {
+  modeChosen = true; // and the next Start asks for it
+  setAsrMode($("asr-mode").value);
+}
+
+function showListening(listening) {
+  $("listening").dataset.listening = String(listening);
+}
+
+function flash(el) {
+  el.classList.add("flash");
+  setTimeout(() => el.classList.remove("flash"), 800);
+}
+
+// What the server heard: a partial updates the user's line in place; the final one settles it
+// (or removes it when nothing was understood), ends listening and, push-to-talk, the mic.
+function heard(ev) {
+  const text = typeof ev.text === "string" ? ev.text.trim() : "";
+  let line = document.querySelector("#transcript li.user.partial");
+  if (!ev.final) {
+    showListening(true); // a partial means the user is still talking, even if "listening" was missed
+    if (!line) line = addLine("user partial", "", ev.turn);
+    line.textContent = `You: ${text}`;
+    return;
+  }
+  showListening(false);
+  if (mic.on && mic.oneUtterance) micOff();
+  if (!text) {
+    if (line) line.remove();
+    return;
+  }
+  if (!line) line = addLine("user", "", ev.turn);
+  line.className = "user";
+  line.textContent = `You: ${text}`;
+  // To the bottom: whatever the avatar still said while the user talked stays above the question,
+  // and the answer gets a new line under it.
+  $("transcript").appendChild(line);
+  $("transcript").scrollTop = $("transcript").scrollHeight;
 }
 
 // --- requests -----------------------------------------------------------------------------------
@@ -289,4 +530,7 @@ $("echo-form").addEventListener("submit", say);
 $("chat-form").addEventListener("submit", ask);
 $("interrupt").addEventListener("click", interrupt);
 $("audio-form").addEventListener("submit", upload);
+$("mic").addEventListener("click", clickMic);
+$("hands-free").addEventListener("change", toggleHandsFree);
+$("asr-mode").addEventListener("change", chooseAsrMode);
 setConnected(false);

@@ -1,0 +1,199 @@
+"""One session's ear: a thread that scores the microphone with the VAD, cuts utterances and
+decides barge-in, so none of that runs on the event loop.
+
+It reads the mic pieces queued by the event loop and, through an audio-only tap on the
+session's clock, the sound the session sent (the echo guard's reference). What it decides
+goes back to the event loop as `Heard` items:
+
+    listening (the user started talking), barge_in (talking over the avatar: silence it),
+    partial, pause, resume, end (audio for the transcripts), echo (the avatar's own voice,
+    ignored)
+
+While the avatar is speaking, or its voice may still be coming back, an onset must pass a
+higher bar before it counts: enough voiced audio to rule out a cough or a click, and a mic
+signal that does not follow what the session just sent. With barge-in off the microphone is
+ignored while the avatar speaks (upstream's half-duplex).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from audio_util import to_mono_float
+from inputs.echo import ECHO_CORRELATION, EchoGuard
+from inputs.utterance import Event, Segmenter, SegmenterConfig
+from inputs.vad import WINDOW, VoiceActivity
+from outputs.tap import Sound, Tap
+
+log = logging.getLogger(__name__)
+
+MIC_QUEUE = 250  # pieces (about 20 ms each) the listener may fall behind by: 5 s
+AVATAR_ECHO_S = 0.5  # after the avatar's last speech its voice may still come back this long
+BARGE_IN_S = 0.16  # voiced audio that interrupts the avatar (a click or a cough is shorter)
+# The mic audio compared with the reference. Measured through aiortc both ways (Opus, a loopback
+# mic): the avatar's echo scores 0.90-0.99 over 1 s (0.76-0.99 over 0.5 s), another voice over
+# it 0.51-0.54 (0.21-0.67 over 0.5 s): a longer look tells them apart better.
+ECHO_WINDOW_S = 1.0
+ECHO_CHECKS = 3  # windows in a row (32 ms each) that must not look like echo before barge-in
+
+
+@dataclass
+class Heard:
+    kind: str  # listening, barge_in, partial, pause, resume, end, echo
+    utterance: int
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    cut: bool = False
+
+
+class Listener:
+    """The thread that listens to one session's microphone."""
+
+    def __init__(
+        self,
+        name: str,
+        report: Callable[[Heard], None],
+        *,
+        config: SegmenterConfig | None = None,
+        barge_in: bool = True,
+        reference: Tap | None = None,
+    ) -> None:
+        self.name = name
+        self.barge_in = barge_in
+        self.active = True  # False ("off" mode): the mic is heard by nobody
+        self.dropped = 0  # mic pieces lost because this thread was behind
+        self.echo_rejected = 0  # onsets found to be the avatar's own voice
+        self._report = report
+        self._vad = VoiceActivity()
+        self._segmenter = Segmenter(config)
+        self._echo = EchoGuard()
+        self._reference = reference
+        self._pieces: queue.Queue[np.ndarray | None] = queue.Queue(MIC_QUEUE)
+        self._pending = np.zeros(0, np.float32)
+        self._utterance = 0
+        self._confirmed = False  # the utterance in progress passed the onset bar
+        self._unlike_echo = 0  # windows in a row of it that did not look like the avatar's echo
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # --- event loop side ------------------------------------------------------------------
+    def put(self, piece: np.ndarray) -> None:
+        try:
+            self._pieces.put_nowait(piece)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the thread (blocking up to `timeout`; call off-loop or with a short wait)."""
+        if self._reference is not None:
+            self._reference.close()
+        while True:
+            try:
+                self._pieces.put(None, timeout=0.05)
+                break
+            except queue.Full:
+                try:
+                    self._pieces.get_nowait()
+                except queue.Empty:
+                    pass
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("%s did not stop in time", self.name)
+
+    # --- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            piece = self._pieces.get()
+            if piece is None:
+                return
+            try:
+                self._take_reference()
+                self._hear(piece)
+            except Exception:  # a bad piece must not deafen the session for good
+                log.exception("%s: a piece of the microphone could not be processed", self.name)
+
+    def _take_reference(self) -> None:
+        if self._reference is None:
+            return
+        while True:
+            try:
+                item = self._reference.get(timeout=0)
+            except TimeoutError:
+                return
+            if isinstance(item, Sound):
+                self._echo.add_reference(to_mono_float(item.pcm), item.speech)
+            elif item is None:
+                return
+
+    def _hear(self, piece: np.ndarray) -> None:
+        self._echo.add_mic(piece)
+        self._pending = np.concatenate([self._pending, piece])
+        while self._pending.size >= WINDOW:
+            window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
+            prob = self._vad.probability(window)
+            if not self.active:
+                self._drop_utterance()
+                continue
+            for event in self._segmenter.feed(window, prob):
+                self._on_event(event)
+            if self._segmenter.in_speech and not self._confirmed:
+                self._check_onset()
+
+    def _avatar_audible(self) -> bool:
+        return self._echo.avatar_spoke_within(AVATAR_ECHO_S)
+
+    def _check_onset(self) -> None:
+        """An utterance in progress that has not counted yet: decide whether it does."""
+        if not self._avatar_audible():
+            self._confirm()
+            return
+        if not self.barge_in:
+            self._drop_utterance()  # half-duplex: nobody listens while the avatar speaks
+            return
+        if self._segmenter.voiced_s < BARGE_IN_S:
+            return
+        correlation = self._echo.echo_correlation(ECHO_WINDOW_S)
+        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f", self.name,
+                  self._segmenter.voiced_s, correlation)
+        if correlation >= ECHO_CORRELATION:
+            self.echo_rejected += 1
+            self._report(Heard("echo", self._utterance))
+            self._drop_utterance()
+            return
+        # One window's comparison can miss an echo that has barely begun: it must look like
+        # the user on a few windows in a row.
+        self._unlike_echo += 1
+        if self._unlike_echo < ECHO_CHECKS:
+            return
+        self._report(Heard("barge_in", self._utterance))
+        self._confirm()
+
+    def _confirm(self) -> None:
+        self._confirmed = True
+        self._unlike_echo = 0
+        self._report(Heard("listening", self._utterance))
+
+    def _drop_utterance(self) -> None:
+        if self._segmenter.in_speech or self._segmenter.voiced:
+            self._segmenter.reset()
+        self._confirmed = False
+        self._unlike_echo = 0
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "onset":
+            self._utterance += 1
+            self._confirmed = False
+            self._unlike_echo = 0
+            return
+        if not self._confirmed:
+            if event.kind == "end" and not event.cut:
+                self._drop_utterance()
+            return
+        self._report(Heard(event.kind, self._utterance, event.audio, event.cut))
+        if event.kind == "end" and not event.cut:
+            self._confirmed = False

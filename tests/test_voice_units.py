@@ -1,0 +1,104 @@
+"""The parts of speech input on their own: utterances cut from VAD scores, the real Silero VAD
+on speech, silence and noise, and the echo guard telling the avatar's voice from the user's."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from inputs.echo import EchoGuard
+from inputs.listener import ECHO_WINDOW_S, Heard, Listener
+from inputs.utterance import Segmenter, SegmenterConfig
+from inputs.vad import WINDOW, VoiceActivity
+from speech_samples import espeak_speech
+
+W = np.zeros(WINDOW, np.float32)
+
+
+def feed(segmenter: Segmenter, probs: list[float]) -> list[str]:
+    kinds = []
+    for p in probs:
+        kinds += [e.kind for e in segmenter.feed(W + p, p)]
+    return kinds
+
+
+def test_an_utterance_starts_after_enough_voice_and_ends_after_the_silence():
+    seg = Segmenter(SegmenterConfig(partial_every_s=10))
+    assert feed(seg, [0.9, 0.1, 0.1, 0.9, 0.1, 0.1]) == []  # clicks: never three voiced windows
+    kinds = feed(seg, [0.9] * 10 + [0.1] * 2 + [0.9] * 5 + [0.1] * 19)
+    assert kinds == ["onset", "pause", "resume", "pause", "end"]
+
+
+def test_the_end_holds_the_utterance_with_its_preroll_and_a_short_tail():
+    seg = Segmenter(SegmenterConfig(partial_every_s=10))
+    events = []
+    for p in [0.0] * 20 + [0.9] * 30 + [0.0] * 19:
+        events += seg.feed(W + p, p)
+    end = events[-1]
+    assert end.kind == "end" and not end.cut
+    voiced = int(np.sum(end.audio > 0.5)) // WINDOW
+    assert voiced == 30  # all of the speech
+    assert end.audio.size // WINDOW == 30 + round(0.3 / 0.032) + round(0.2 / 0.032)  # preroll, tail
+
+
+def test_a_monologue_is_cut_into_bounded_utterances():
+    seg = Segmenter(SegmenterConfig(max_utterance_s=2.0, partial_every_s=100))
+    ends = []
+    for _ in range(int(20 / 0.032)):  # 20 s without a pause
+        ends += [e for e in seg.feed(W + 0.9, 0.9) if e.kind == "end"]
+    assert len(ends) >= 9 and all(e.cut for e in ends)
+    assert max(e.audio.size for e in ends) <= 2.0 * 16000 + WINDOW
+
+
+def test_silero_scores_speech_high_and_silence_and_noise_low():
+    speech = espeak_speech("What is the capital of France?")
+    vad = VoiceActivity()
+    probs = [vad.probability(speech[i : i + WINDOW]) for i in range(0, speech.size - WINDOW, WINDOW)]
+    assert max(probs) > 0.9 and np.mean(np.array(probs) > 0.5) > 0.4
+    vad.reset()
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, 16000 * 3).astype(np.float32)
+    quiet = [vad.probability(noise[i : i + WINDOW]) for i in range(0, noise.size - WINDOW, WINDOW)]
+    assert max(quiet) < 0.5
+
+
+def _guard(reference: np.ndarray, mic: np.ndarray) -> EchoGuard:
+    guard = EchoGuard()
+    for i in range(0, min(reference.size, mic.size) - 320, 320):
+        guard.add_reference(reference[i : i + 320], True)
+        guard.add_mic(mic[i : i + 320])
+    return guard
+
+
+def test_the_echo_guard_knows_the_avatars_voice_from_another():
+    avatar = espeak_speech("The capital of France is Paris, a city on the river Seine with many museums.")
+    user = espeak_speech("Stop, wait a moment please, I have another question for you.", voice="en-gb")
+    user = np.pad(user, (0, max(0, avatar.size - user.size)))[: avatar.size]
+    rng = np.random.default_rng(1)
+    delayed = np.concatenate([np.zeros(2400, np.float32), avatar])[: avatar.size] * 0.3
+    echo = delayed + rng.normal(0, 0.003, avatar.size).astype(np.float32)
+    for cut in (int(1.6 * 16000), int(2.5 * 16000)):  # moments in the middle of both
+        assert _guard(avatar[:cut], echo[:cut]).is_echo(ECHO_WINDOW_S)
+        assert not _guard(avatar[:cut], user[:cut]).is_echo(ECHO_WINDOW_S)
+        assert not _guard(avatar[:cut], (user + delayed)[:cut]).is_echo(ECHO_WINDOW_S)  # the user talks over it
+
+
+def test_the_listener_reports_a_monologue_in_bounded_pieces_and_stops():
+    heard: list[Heard] = []
+    speech = espeak_speech("One two three four five six seven eight nine ten.")
+    listener = Listener("listen-test", heard.append, config=SegmenterConfig(max_utterance_s=1.5))
+    try:
+        for _ in range(4):
+            for i in range(0, speech.size - 320, 320):
+                while listener._pieces.qsize() > 100:  # faster than real time, but none dropped
+                    time.sleep(0.01)
+                listener.put(speech[i : i + 320])
+        for _ in range(100):
+            listener.put(np.zeros(320, np.float32))
+    finally:
+        listener.close()
+    assert not listener._thread.is_alive() and listener.dropped == 0
+    ends = [h for h in heard if h.kind == "end"]
+    assert ends and max(h.audio.size for h in ends) <= 1.5 * 16000 + WINDOW
+    assert heard[0].kind == "listening"
