@@ -19,7 +19,7 @@ from inputs.vad import SAMPLE_RATE
 HOP = SAMPLE_RATE // 100  # 10 ms envelope frames
 FRAME = 2 * HOP  # each frame's spectrum is taken over 20 ms
 HISTORY_S = 3.0
-MAX_DELAY_S = 0.8  # speakers, room, capture and both network paths
+MAX_DELAY_S = 1.2  # speakers, room, capture, both network paths and their jitter on a busy machine
 # Envelope correlation at the best delay at or above which the mic is echo (measured over 1 s:
 # see inputs.listener.ECHO_WINDOW_S).
 ECHO_CORRELATION = 0.8

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from audio_util import to_mono_float
-from inputs.echo import ECHO_CORRELATION, EchoGuard
+from inputs.echo import ECHO_CORRELATION, MAX_DELAY_S, EchoGuard
 from inputs.utterance import Event, Segmenter, SegmenterConfig
 from inputs.vad import WINDOW, VoiceActivity
 from outputs.tap import Sound, Tap
@@ -34,7 +34,9 @@ from outputs.tap import Sound, Tap
 log = logging.getLogger(__name__)
 
 MIC_QUEUE = 250  # pieces (about 20 ms each) the listener may fall behind by: 5 s
-AVATAR_ECHO_S = 0.5  # after the avatar's last speech its voice may still come back this long
+# After the avatar's last speech its voice may still come back this long: the longest delay the
+# guard looks at, and a little more (the echo of a sentence's end, or of the pause between two).
+AVATAR_ECHO_S = MAX_DELAY_S + 0.2
 BARGE_IN_S = 0.16  # voiced audio that interrupts the avatar (a click or a cough is shorter)
 # The mic audio compared with the reference. Measured through aiortc both ways (Opus, a loopback
 # mic): the avatar's echo scores 0.90-0.99 over 1 s (0.76-0.99 over 0.5 s), another voice over

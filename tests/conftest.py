@@ -99,6 +99,26 @@ def server() -> Iterator[RunningServer]:
     srv.stop()
 
 
+def llm_server(llm_url: str, *flags: str) -> RunningServer:
+    """A test server whose chat is the stand-in LLM at `llm_url`, whatever this machine's own
+    LLM settings are."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in LLM_ENV:
+            env.delenv(name, raising=False)
+        env.setenv("OPENAI_API_KEY", "sk-test")
+        return RunningServer(["--max_session", "4", "--llm_url", llm_url, "--llm_model", "test", *flags])
+
+
+@pytest.fixture(scope="module")
+def fake_llm():
+    """A real OpenAI-compatible streaming server on loopback (tests/fakellm.py), per module."""
+    from fakellm import FakeLLM
+
+    fake = FakeLLM()
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture
 def running_tts(stand) -> Iterator[tuple]:
     """A started TTS worker on the module's engine stand-in (each TTS engine module defines

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from conftest import RunningServer
+from conftest import RunningServer, llm_server
 from fakellm import FakeLLM, Script
 from livepeer import LivePeer
 from portrait_geometry import sway_box
@@ -37,19 +37,8 @@ def words(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    fake = FakeLLM()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def chat_server(fake_llm: FakeLLM) -> Iterator[RunningServer]:
-    with pytest.MonkeyPatch.context() as env:
-        for name in LLM_ENV:
-            env.delenv(name, raising=False)
-        env.setenv("OPENAI_API_KEY", "sk-test")
-        srv = RunningServer(["--max_session", "4", "--llm_url", fake_llm.url, "--llm_model", "test"])
+    srv = llm_server(fake_llm.url)
     yield srv
     srv.stop()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import LLM_ENV, RunningServer
+from conftest import RunningServer, llm_server
 from fakellm import FakeLLM, Script
 from test_page import CHROMIUM, CHROMIUM_ARGS
 
@@ -80,20 +80,9 @@ def question_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    fake = FakeLLM()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def voice_server(fake_llm: FakeLLM) -> Iterator[RunningServer]:
     """A server with speech input (whisper) and an LLM stand-in."""
-    with pytest.MonkeyPatch.context() as env:
-        for name in LLM_ENV:
-            env.delenv(name, raising=False)
-        env.setenv("OPENAI_API_KEY", "sk-test")
-        srv = RunningServer(["--max_session", "4", "--llm_url", fake_llm.url, "--llm_model", "test"])
+    srv = llm_server(fake_llm.url)
     yield srv
     srv.stop()
 
