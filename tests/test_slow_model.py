@@ -77,18 +77,22 @@ def test_slow_model_keeps_sound_continuous_and_picture_in_step(slow_server):
                 assert resp.status == 200, await resp.text()
             await asyncio.sleep(TONE_SECONDS + 3.0)
             audio, video = peer.audio_since(sent), peer.video_since(sent)
-            stats = (session.player.slots_missed, session.player.frames_repeated, session.player.frames_fresh)
+            player = session.player
+            stats = (player.slots_missed, player.video_slots_skipped, player.frames_repeated, player.frames_fresh)
             await peer.close()
         return audio, video, rest, stats
 
-    audio, video, rest, (missed, repeated, fresh) = asyncio.run(scenario())
+    audio, video, rest, (missed, skipped, repeated, fresh) = asyncio.run(scenario())
     loud = [i for i, a in enumerate(audio) if a.rms > SPEECH_RMS]
     assert loud, "the tone never arrived"
     span = audio[loud[0] : loud[-1] + 1]
     # Continuous sound: every 20 ms packet of the tone is there and loud, none dropped or silenced.
     assert all(a.rms > SPEECH_RMS for a in span), "the sound stuttered"
     assert abs(len(span) * 0.02 - TONE_SECONDS) <= 0.06, len(span)
-    assert missed == 0
+    # The slow model alone never leaves a slot without a picture and sound: slots go missing only
+    # when the whole process stalled and the clock had to skip ahead (a loaded CI machine once froze
+    # it for 0.78 s), and then no more of them than the clock skipped.
+    assert missed <= skipped, (missed, skipped)
     # The model really was too slow: frames were repeated instead of played late...
     assert repeated > 0 and fresh > 0
     # ...yet the picture is in step with the sound: the mouth opens and closes with the tone.
