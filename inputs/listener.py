@@ -43,6 +43,10 @@ BARGE_IN_S = 0.16  # voiced audio that interrupts the avatar (a click or a cough
 # it 0.51-0.54 (0.21-0.67 over 0.5 s): a longer look tells them apart better.
 ECHO_WINDOW_S = 1.0
 ECHO_CHECKS = 3  # windows in a row (32 ms each) that must not look like echo before barge-in
+# Below this a window clearly is not the avatar's echo (another voice over the echo scores up to
+# 0.65 over 1 s offline); between it and ECHO_CORRELATION it is unclear (an echo through a
+# busy loopback once scored 0.75): such a window neither drops the utterance nor counts for it.
+UNLIKE_ECHO = 0.7
 
 
 @dataclass
@@ -157,11 +161,11 @@ class Listener:
         if not self.barge_in:
             self._drop_utterance()  # half-duplex: nobody listens while the avatar speaks
             return
-        if self._segmenter.voiced_s < BARGE_IN_S:
-            return
+        # The echo check runs from the onset on, while the voiced audio builds up to the bar,
+        # so the two waits overlap instead of adding up.
+        voiced_s = self._segmenter.voiced_s
         correlation = self._echo.echo_correlation(ECHO_WINDOW_S)
-        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f", self.name,
-                  self._segmenter.voiced_s, correlation)
+        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f", self.name, voiced_s, correlation)
         if correlation >= ECHO_CORRELATION:
             self.echo_rejected += 1
             self._report(Heard("echo", self._utterance))
@@ -169,8 +173,8 @@ class Listener:
             return
         # One window's comparison can miss an echo that has barely begun: it must look like
         # the user on a few windows in a row.
-        self._unlike_echo += 1
-        if self._unlike_echo < ECHO_CHECKS:
+        self._unlike_echo = self._unlike_echo + 1 if correlation < UNLIKE_ECHO else 0
+        if self._unlike_echo < ECHO_CHECKS or voiced_s < BARGE_IN_S:
             return
         self._report(Heard("barge_in", self._utterance))
         self._confirm()
