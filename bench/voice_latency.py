@@ -8,8 +8,8 @@ An aiortc client sends espeak-ng questions as its microphone at real-time pace a
 its own end (packet arrival):
 - voice_to_answer_ms: from the last voiced sample it sent to the first loud answer audio it
   receives (the target: 800 ms); also to the final transcript event;
-- barge_in_to_silence_ms: while the avatar speaks, from the onset of a second voice to the
-  last loud avatar packet (the target: 300 ms);
+- barge_in_to_silence_ms: while the avatar speaks, from the first voiced sample of a second
+  voice to the last loud avatar packet (the target: 300 ms);
 - cpu_listening_session: server cores of one connected session whose microphone sends
   silence, beside the same session with no microphone.
 Prints JSON.
@@ -22,7 +22,6 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -77,7 +76,9 @@ async def voice_to_answer(http: aiohttp.ClientSession, srv: AppProcess, llm: Fak
             voiced = mic.voiced_until
             final = await sse.wait_for(lambda e, n=seen: e["status"] == "transcript" and e["final"]
                                        and sse.events.index(e) >= n, 30)
-            await sse.wait_for(lambda e, n=seen: e["status"] == "end" and sse.events.index(e) >= n, 30)
+            # The whole answer, so the next question does not talk over it.
+            await sse.wait_for(lambda e, n=seen: e["status"] == "end" and e["text"].endswith(ANSWER[-6:])
+                               and sse.events.index(e) >= n, 30)
             loud = [a.arrival for a in peer.audio_since(voiced) if a.rms > LOUD]
             answers.append(1000 * (loud[0] - voiced))
             finals.append(1000 * (final["_at"] - voiced))
@@ -91,7 +92,7 @@ async def voice_to_answer(http: aiohttp.ClientSession, srv: AppProcess, llm: Fak
 
 
 async def barge_in(http: aiohttp.ClientSession, srv: AppProcess, repeats: int) -> dict:
-    results = []
+    results, detections = [], []
     for _ in range(repeats):
         mic = SpeechTrack()
         peer, sse = await connected(http, srv, mic, asr_mode="off")
@@ -102,11 +103,11 @@ async def barge_in(http: aiohttp.ClientSession, srv: AppProcess, repeats: int) -
                 pass
             await sse.wait_for(lambda e: e["status"] == "start", 30)
             await asyncio.sleep(1.5)
-            speech = espeak_speech("Stop, wait a moment please.", voice="en-gb")
-            onset = time.monotonic()
-            mic.say(speech)
-            await sse.wait_for(lambda e: e["status"] == "barge_in", 15)
+            mic.say(espeak_speech("Stop, wait a moment please.", voice="en-gb"))
+            event = await sse.wait_for(lambda e: e["status"] == "barge_in", 15)
             await asyncio.sleep(1.0)
+            onset = mic.voiced_from
+            detections.append(1000 * (event["_at"] - onset))
             loud = [a.arrival for a in peer.audio_since(onset) if a.rms > LOUD and a.arrival < onset + 1.5]
             results.append(1000 * ((loud[-1] if loud else onset) - onset))
         finally:
@@ -114,6 +115,7 @@ async def barge_in(http: aiohttp.ClientSession, srv: AppProcess, repeats: int) -
             await peer.close()
         await asyncio.sleep(1.0)
     return {"barge_in_to_silence_ms": round(statistics.median(results)),
+            "barge_in_to_event_ms": round(statistics.median(detections)),
             "barge_in_all_ms": [round(x) for x in results]}
 
 

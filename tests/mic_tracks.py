@@ -66,12 +66,14 @@ class PacedTrack(MediaStreamTrack):
 
 class SpeechTrack(PacedTrack):
     """A microphone that says the clips given to `say` (16 kHz float32), silence otherwise.
-    `voiced_until` is when the last non-silent packet of the last clip left."""
+    `voiced_from` and `voiced_until` are when the first and the last non-silent packet of the
+    last clip left."""
 
     def __init__(self, rate: int = 48000, channels: int = 1, noise: float = 0.0) -> None:
         super().__init__(rate, channels)
         self._queue: deque[np.ndarray] = deque()
         self._noise = noise
+        self.voiced_from: float | None = None
         self.voiced_until: float | None = None
         self.clips_done = 0
 
@@ -80,9 +82,10 @@ class SpeechTrack(PacedTrack):
         pieces = [audio[i : i + self.samples] for i in range(0, audio.size, self.samples)]
         pieces[-1] = np.pad(pieces[-1], (0, self.samples - pieces[-1].size))
         voiced = [float(np.sqrt(np.mean(p * p))) > 0.01 for p in pieces]
+        first = min((i for i, v in enumerate(voiced) if v), default=-1)
         last = max((i for i, v in enumerate(voiced) if v), default=-1)
         for i, piece in enumerate(pieces):
-            self._queue.append((piece, i == last, i == len(pieces) - 1))
+            self._queue.append((piece, i == first, i == last, i == len(pieces) - 1))
 
     @property
     def speaking(self) -> bool:
@@ -92,7 +95,9 @@ class SpeechTrack(PacedTrack):
         noise = np.random.randn(self.samples).astype(np.float32) * self._noise if self._noise else 0.0
         if not self._queue:
             return np.zeros(self.samples, np.float32) + noise
-        piece, last_voiced, last = self._queue.popleft()
+        piece, first_voiced, last_voiced, last = self._queue.popleft()
+        if first_voiced:
+            self.voiced_from = time.monotonic()
         if last_voiced:
             self.voiced_until = time.monotonic()
         if last:
