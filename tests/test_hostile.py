@@ -81,6 +81,7 @@ def test_huge_or_deep_bodies_are_refused_and_no_stream_freezes(app_server):
         ("/is_speaking", json.dumps({"sessionid": FAKE_ID, "pad": [0] * 15_700_000}).encode(), 413),  # 47 MB
         ("/is_speaking", json.dumps([0] * 85_000).encode(), 400),  # 250 KB, within the limit
         ("/human", b"[" * 100_000 + b"]" * 100_000, 400),  # nested 100 000 deep
+        ("/asr_mode", json.dumps({"sessionid": FAKE_ID, "mode": "echo", "pad": "x" * 3_000_000}).encode(), 413),
         ("/offer", json.dumps({"sdp": sdp * 160, "type": "offer"}).encode(), 413),  # 35 KB of SDP
     ]
 
@@ -333,6 +334,11 @@ def test_no_bad_input_is_a_server_error(app_server):
         ("/human", {"json": {"sessionid": FAKE_ID, "text": ["hi"]}}),
         ("/human", {"json": {"sessionid": FAKE_ID, "text": "hi", "tts": {"ref_file": "x\u0000.wav"}}}),
         ("/interrupt_talk", {"data": b"null", "headers": JSON}),
+        ("/asr_mode", {"json": {"sessionid": "1\nERROR forged line", "mode": "echo"}}),
+        ("/asr_mode", {"json": {"sessionid": FAKE_ID, "mode": "\u0000" * 1000}}),
+        ("/asr_mode", {"json": {"sessionid": FAKE_ID, "mode": ["echo"]}}),
+        ("/asr_mode", {"data": b"[1, 2]", "headers": JSON}),
+        ("/asr_mode", {"data": b"mode=echo", "headers": {"Content-Type": "text/plain"}}),
         ("/is_speaking", {"data": b'"text"', "headers": JSON}),
         ("/offer", {"json": {"sdp": "v=0\r\nm=audio 9 RTP/AVP 0\r\n", "type": "offer"}}),
         ("/offer", {"json": {"sdp": "\u0000" * 100, "type": "offer"}}),

@@ -183,7 +183,9 @@ def test_asr_mode_refuses_bad_input(voice_server):
             await plain.connect(http)
             answers = []
             for body in ({"sessionid": plain.sessionid, "mode": "loud"}, {"sessionid": plain.sessionid},
-                         {"sessionid": 12345, "mode": "echo"}):
+                         {"sessionid": 12345, "mode": "echo"},
+                         {"sessionid": plain.sessionid, "mode": "echo\nERROR forged line"},
+                         {"sessionid": plain.sessionid, "mode": {"echo": True}}):
                 async with http.post(f"{voice_server.url}/asr_mode", json=body) as resp:
                     answers.append((resp.status, (await resp.json())["msg"]))
             async with http.post(f"{voice_server.url}/asr_mode",
@@ -196,6 +198,8 @@ def test_asr_mode_refuses_bad_input(voice_server):
     assert answers[0][0] == 400 and "mode" in answers[0][1]
     assert answers[1][0] == 400 and "mode" in answers[1][1]
     assert answers[2][0] == 404
+    assert [status for status, _ in answers[3:]] == [400, 400]
+    assert all("\n" not in msg for _, msg in answers[3:]), answers
     assert off["code"] == 0 and off["data"] == {"mode": "off"}
 
 
