@@ -30,6 +30,7 @@ from httpapi import ApiError, error
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "LIVETALKING_API_TOKEN"
+ADMIN_TOKEN_ENV = "LIVETALKING_ADMIN_TOKEN"
 PREFLIGHT_MAX_AGE_S = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -174,3 +175,24 @@ class AddressLimits:
 
     def held(self, kind: str, address: str) -> int:
         return self._held[kind][address]
+
+
+def admin_token(flag: str | None) -> str | None:
+    """The token from --admin_token, else the environment; None: admin calls from loopback only."""
+    token = flag if flag is not None else os.environ.get(ADMIN_TOKEN_ENV)
+    return token or None
+
+
+class AdminGuard:
+    """Who may call the operator's routes (stub, filled in by its owner)."""
+
+    def __init__(self, token: str | None, cors_origins: Iterable[str], limits: AddressLimits) -> None:
+        self._token = token
+        self.paths: set[str] = set()
+
+    def middleware(self) -> Callable:
+        @web.middleware
+        async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await handler(request)
+
+        return check

@@ -16,6 +16,7 @@ import resource
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 import access
+import admin
 import admission
+import avatar_tasks
+import config
 import events
 import httpapi
 import peerwatch
@@ -184,7 +188,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--barge_in", default="on", choices=["on", "off"],
                    help="on: talking over the avatar interrupts it; off: the mic is ignored while it speaks")
     p.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--config", default=None,
+                   help="a YAML file of settings (upstream V2's keys, the flags' names); flags given win")
+    p.add_argument("--admin_token", default=None,
+                   help=f"require 'Authorization: Bearer TOKEN' on /api/admin/*, /api/avatar/* and /metrics "
+                        f"(or set {access.ADMIN_TOKEN_ENV}); without one they answer only on loopback")
+    avatar_tasks.add_arguments(p)
     add_model_arguments(p, argv)
+    config.apply(p, argv)
     opt = p.parse_args(argv)
     if opt.batch_size is not None and opt.batch_size < 1:
         p.error("--batch_size must be at least 1")
@@ -298,6 +309,9 @@ class LiveTalking:
         self._watchers: dict[int, asyncio.Task] = {}  # per connected peer: notices it vanishing
         self._opening = 0  # sessions being built, counted against --max_session
         self._streams = 0  # /sse listeners in all
+        # Called with each new session and its events hub once it is registered (admin's
+        # counters hang on them).
+        self.on_session_open: list[Callable[[BaseReal, events.SessionEvents], None]] = []
 
     @property
     def max_sessions(self) -> int:
@@ -553,6 +567,8 @@ class LiveTalking:
             conversation = Conversation(self.llm, session.say, hub.publish, sessionid, prompt, self.opt.llm_history)
             hub.observe(conversation.on_event)  # its history keeps what was heard
             self.chats[sessionid] = conversation
+        for hook in self.on_session_open:
+            hook(session, hub)
         return session
 
     async def open_background(self, outputs: list[tuple[str, str | None, dict[str, str]]],
@@ -661,6 +677,7 @@ class LiveTalking:
         datainfo = extra_fields(body, HUMAN_FIELDS)
         if optional_bool(body, "interrupt"):
             await self._interrupt(session)
+        session.reply_requested()
         try:
             if conversation is not None:
                 await self._ask(conversation, text, datainfo, voice)
@@ -907,9 +924,10 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     )
     live.set_pools(control)
     policy = access.AccessPolicy(access.api_token(opt.api_token), opt.cors, set())
+    guard = access.AdminGuard(access.admin_token(opt.admin_token), opt.cors, live.limits)
     app = web.Application(
         client_max_size=httpapi.JSON_LIMIT,  # handlers read bodies themselves, with their own limits
-        middlewares=[policy.middleware(), httpapi.envelope_middleware(opt.max_upload_mb)],
+        middlewares=[guard.middleware(), policy.middleware(), httpapi.envelope_middleware(opt.max_upload_mb)],
     )
     app[LIVE] = live
     app[CONTROL_POOL] = control
@@ -930,6 +948,14 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     api("GET", "/ice_servers", live.ice_servers)
     api("POST", "/asr_mode", live.asr_mode)
     OutputsApi(live).add_routes(api)
+
+    def admin_route(method: str, path: str, handler: Any) -> None:
+        app.router.add_route(method, path, handler)
+        guard.paths.add(path)
+
+    tasks = avatar_tasks.AvatarTasks(opt, opt.model)
+    admin.AdminApi(live).add_routes(admin_route)
+    tasks.add_routes(admin_route)
     app.router.add_get("/", index_page)
     app.router.add_static("/", WEB_DIR)
     if policy.needs_token:
@@ -946,6 +972,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
         loop.set_default_executor(media)
         app[MEDIA_POOL] = media
         live.capacity.start()
+        await tasks.start()
         loop.run_in_executor(control, live.uploads.start)  # the decoders' imports, off the way
         if opt.transport != "webrtc":
             sessionid = await live.open_background([(opt.transport, opt.push_url, {})])
@@ -953,6 +980,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
                      sessionid, opt.transport, BACKGROUND_ALIAS)
 
     async def on_shutdown(_: web.Application) -> None:
+        await tasks.close()
         await live.close_all()
         if live.llm is not None:
             await live.llm.aclose()

@@ -175,6 +175,12 @@ class BaseReal:
             (threading.Thread(target=self._infer_loop, name=f"infer-{sessionid}", daemon=True), MAX_BATCH_WAIT_S),
         ]
         self._started = False
+        self.avatar_id: str = getattr(opt, "avatar_id", "") or ""
+        # Time to first audio of a reply: from the request (say, an upload, a question to the
+        # chat) to its first packet leaving; `on_reply_latency` (event loop) hears each one.
+        self.last_reply_latency_s: float | None = None
+        self.on_reply_latency: Callable[[float], None] | None = None
+        self._reply_asked: float | None = None
 
     def start(self) -> None:
         self._started = True
@@ -212,6 +218,7 @@ class BaseReal:
 
     def say_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue 16 kHz mono speech (an uploaded file) to be played with moving lips."""
+        self.reply_requested()
         self.tts.put_audio(audio, datainfo)
 
     def put_audio_frame(self, samples: np.ndarray, event: dict | None = None) -> bool:
@@ -236,6 +243,7 @@ class BaseReal:
             self.asr.flush()
         self.tts.flush()
         self.player.clear()
+        self._reply_asked = None
         log.info("session %s interrupted", self.sessionid)
 
     @property
@@ -256,6 +264,11 @@ class BaseReal:
                 # Before this frame's "start" (and after the last frame's "end"): a page sees
                 # speaking, start, ..., end, idle, as the listener hears it.
                 self._on_event({"status": "speaking", "speaking": frame.speech})
+        if frame.speech and self._reply_asked is not None and any(e.get("status") == "start" for e in frame.events):
+            self.last_reply_latency_s = time.monotonic() - self._reply_asked
+            self._reply_asked = None
+            if self.on_reply_latency is not None:
+                self.on_reply_latency(self.last_reply_latency_s)
         for event in frame.events:
             log.info("session %s %s: %s", self.sessionid, event.get("status"), shown(event.get("text", ""), 80))
             if self._on_event is not None:
