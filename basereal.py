@@ -50,6 +50,9 @@ MAX_BATCH_WAIT_S = 60.0  # how long closing waits for a batch being rendered
 WARM_UP_CONTEXT = 10  # audio frames each side of the warm-up's one video frame (the -l/-r default)
 
 EventCallback = Callable[[dict], None]
+# Which renderer draws a video frame, at which of its own frames, and whether it infers the
+# mouth there (an action's clip or the idle clip may be shown instead of the avatar).
+Look = tuple["Renderer", int, bool]
 
 
 def avatar_dir(avatar_id: str, root: str | Path | None = None) -> Path:
@@ -78,6 +81,8 @@ def mirror_index(index: int, count: int) -> int:
 
 class Renderer(ABC):
     """The pictures of one session: what a model keeps per session (random state, caches)."""
+
+    lip_sync: ClassVar[bool] = True  # False: pictures only (an action's plain frames), no inference
 
     @abstractmethod
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[Any]:
@@ -114,18 +119,25 @@ class LipModel(ABC):
         """The model's own command-line flags (added only when it is the chosen --model)."""
         return None
 
+    avatar: Any  # the avatar named by --avatar_id, loaded with the weights
+
     @classmethod
     @abstractmethod
     def load(cls, opt: argparse.Namespace) -> LipModel:
         """Weights and the avatar named by opt.avatar_id, with errors that name what is wrong."""
 
     @abstractmethod
+    def load_avatar(self, folder: Path) -> Any:
+        """Another avatar folder of this model (blocking), read-only and shareable by
+        sessions; FileNotFoundError / ValueError naming what is wrong."""
+
+    @abstractmethod
     def make_asr(self, left: int, right: int) -> BaseASR:
         """A session's audio window with this model's features."""
 
     @abstractmethod
-    def renderer(self, sessionid: int) -> Renderer:
-        """A session's renderer."""
+    def renderer(self, sessionid: int, avatar: Any = None) -> Renderer:
+        """A session's renderer of `avatar` (one from load_avatar; default: self.avatar)."""
 
     def warm_up(self) -> None:
         """Run features and inference once, so the first session does not pay for lazy
@@ -150,14 +162,22 @@ class BaseReal:
         tts_engine: TTSEngine,
         sessionid: int,
         on_event: EventCallback | None = None,
+        avatar: Any = None,
+        avatar_id: str | None = None,
+        clips: dict | None = None,
     ) -> None:
+        from actions import Stage  # actions builds on this module's Renderer
+
         self.opt = opt
         self.model = model
         self.sessionid = sessionid
         self.batch_size = int(getattr(opt, "batch_size", None) or model.default_batch_size)
         self._on_event = on_event
         self.asr = model.make_asr(opt.l, opt.r)
-        self.renderer = model.renderer(sessionid)
+        self.renderer = model.renderer(sessionid, avatar)
+        self.avatar = avatar  # None: the model's own (--avatar_id)
+        self._clip_renderers: dict[int, Renderer] = {}  # per clip: this session's renderer of it
+        self.stage = Stage(clips or {}, self._clip_renderer)
         self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}", on_error=self._tts_error)
         self.player = HumanPlayer(self.batch_size + PLAYER_SLACK_UNITS, on_audio_sent=self._audio_sent)
         self.speaking = False
@@ -175,7 +195,7 @@ class BaseReal:
             (threading.Thread(target=self._infer_loop, name=f"infer-{sessionid}", daemon=True), MAX_BATCH_WAIT_S),
         ]
         self._started = False
-        self.avatar_id: str = getattr(opt, "avatar_id", "") or ""
+        self.avatar_id: str = avatar_id or getattr(opt, "avatar_id", "") or ""
         # Time to first audio of a reply: from the request (say, an upload, a question to the
         # chat) to its first packet leaving; `on_reply_latency` (event loop) hears each one.
         self.last_reply_latency_s: float | None = None
@@ -209,7 +229,47 @@ class BaseReal:
         """Queue text to be spoken, in `voice` when given (its fields override the defaults).
 
         `opening` False marks a later piece of a streamed answer (see BaseTTS.put_msg_txt)."""
+        if opening:
+            self.reply_requested()
         self.tts.put_msg_txt(text, datainfo, voice, opening)
+
+    def set_avatar(self, avatar_id: str, avatar: Any) -> None:
+        """Show another avatar from the next batch of frames fed; the sound goes on as it was."""
+        self.renderer = self.model.renderer(self.sessionid, avatar)
+        self.avatar, self.avatar_id = avatar, avatar_id
+        log.info("session %s now shows avatar %s", self.sessionid, avatar_id)
+
+    def play_action(self, audiotype: int, datainfo: dict | None = None) -> None:
+        """Play the session's clip `audiotype` now (upstream's /set_audiotype): its sound,
+        when it has one, interrupts what the avatar was saying; 1 returns to the idle loop."""
+        from actions import IDLE_AUDIOTYPE
+
+        if audiotype == IDLE_AUDIOTYPE:
+            self.stage.stop()
+            return
+        clip = self.stage.clips[audiotype]
+        if clip.audio is not None:
+            self.interrupt()
+            self.say_audio(clip.audio, {**(datainfo or {}), "audiotype": audiotype, "action": audiotype})
+        else:
+            self.stage.cue(clip)
+
+    def _clip_renderer(self, clip: Any) -> Renderer:
+        renderer = self._clip_renderers.get(id(clip))
+        if renderer is None:
+            from actions import FramesRenderer
+
+            if clip.avatar is not None:
+                renderer = self.model.renderer(self.sessionid, clip.avatar)
+            else:
+                renderer = FramesRenderer(clip.frames)
+            self._clip_renderers[id(clip)] = renderer
+        return renderer
+
+    def reply_requested(self) -> None:
+        """A reply was asked for now (its latency is timed from the first request)."""
+        if self._reply_asked is None:
+            self._reply_asked = time.monotonic()
 
     def _tts_error(self, event: dict) -> None:
         """A sentence the engine could not speak (TTS worker thread): the client hears of it in
@@ -243,6 +303,7 @@ class BaseReal:
             self.asr.flush()
         self.tts.flush()
         self.player.clear()
+        self.stage.stop()
         self._reply_asked = None
         log.info("session %s interrupted", self.sessionid)
 
@@ -282,8 +343,9 @@ class BaseReal:
                 continue
             frames, window = self.asr.get_window(self.batch_size)
             units = [Unit(None, (frames[2 * k], frames[2 * k + 1])) for k in range(self.batch_size)]
+            looks = self.stage.looks(units, index, self.renderer)
             with self._lock:
-                job = _Job(self._generation, units, window, range(index, index + self.batch_size))
+                job = _Job(self._generation, units, window, range(index, index + self.batch_size), looks)
                 for unit in units:
                     self.player.push(unit)
             self._jobs.put(job)
@@ -319,7 +381,7 @@ class BaseReal:
             if not live:
                 continue
             started = time.perf_counter()
-            images = self._render_batch(job.window, job.indices, live)
+            images = self._render_batch(job.window, job.indices, live, job.looks)
             elapsed = time.perf_counter() - started
             for k, image in zip(live, images, strict=True):
                 job.units[k].image = image
@@ -396,20 +458,42 @@ class BaseReal:
         self.player.capacity = self.batch_size + lead
         self.player.preempt_keep = math.ceil(1.25 * self._batch_seconds / SLOT_SECONDS)
 
-    def _render_batch(self, window: np.ndarray | None, indices: Sequence[int], live: list[int]) -> list[np.ndarray]:
+    def _render_batch(self, window: np.ndarray | None, indices: Sequence[int], live: list[int],
+                      looks: Sequence[Look] | None = None) -> list[np.ndarray]:
         """Frames `live` (positions in the batch) of a batch of session frames `indices`: the
         features of `window` (the whole batch's audio), inferred and pasted back, or idle
-        frames when `window` is None (silence)."""
-        wanted = [indices[k] for k in live]
+        frames when `window` is None (silence). `looks` say which renderer draws each frame
+        and at which of its frames (default: the avatar, at the session's frame)."""
+        if looks is None:
+            looks = [(self.renderer, i, True) for i in indices]
+        wanted = [looks[k] for k in live]
         if window is not None:
             try:
                 feats = self.asr.features(window, self.asr.left, self.asr.right, len(indices))[live]
-                preds = self.renderer.infer(feats, wanted)
-                return [self.renderer.paste_back(p, i) for p, i in zip(preds, wanted, strict=True)]
+                return self._infer_looks(feats, wanted)
             except Exception:
                 # A broken batch must not end the session: show idle frames, keep the audio.
                 log.exception("session %s: inference failed; showing idle frames", self.sessionid)
-        return [self.renderer.idle_frame(i) for i in wanted]
+        return [renderer.idle_frame(i) for renderer, i, _ in wanted]
+
+    @staticmethod
+    def _infer_looks(feats: np.ndarray, looks: Sequence[Look]) -> list[np.ndarray]:
+        """Each renderer infers its own frames of the batch together (a batch mixes two only
+        where a clip starts or ends)."""
+        images: list[np.ndarray | None] = [None] * len(looks)
+        groups: dict[int, list[int]] = {}
+        for j, (renderer, index, lip) in enumerate(looks):
+            if lip and renderer.lip_sync:
+                groups.setdefault(id(renderer), []).append(j)
+            else:
+                images[j] = renderer.idle_frame(index)
+        for js in groups.values():
+            renderer = looks[js[0]][0]
+            frames = [looks[j][1] for j in js]
+            preds = renderer.infer(feats[js], frames)
+            for j, pred, index in zip(js, preds, frames, strict=True):
+                images[j] = renderer.paste_back(pred, index)
+        return images  # type: ignore[return-value]
 
 
 @dataclass
@@ -420,6 +504,7 @@ class _Job:
     units: list[Unit]
     window: np.ndarray | None  # the batch's audio window; None when it is all silence
     indices: range
+    looks: list[Look]  # which renderer draws each frame, at which of its frames
 
 
 class _RenderStats:

@@ -13,8 +13,9 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -36,6 +37,9 @@ class UltralightAvatar:
     frames: list[np.ndarray]  # full frames, BGR uint8
     faces: np.ndarray  # [N, 168, 168, 3] BGR uint8
     coords: list[tuple[int, int, int, int]]  # (x1, y1, x2, y2) per frame
+    # The network trained for this person (each Ultralight avatar has its own); None: the
+    # model's, for the avatar loaded with it.
+    net: nn.Module | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -83,6 +87,7 @@ class Ultralight(LipModel):
         self.net = net
         self.hubert = hubert
         self.avatar = avatar
+        self.cpu_bf16 = False  # how load_avatar loads another avatar's network
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -96,10 +101,17 @@ class Ultralight(LipModel):
         net = load_unet(folder / CHECKPOINT, cpu_bf16=bool(getattr(opt, "cpu_bf16", False)))
         hubert = Hubert.load(models_dir(opt))
         log.info("ultralight %s loaded in %.1fs", folder / CHECKPOINT, time.perf_counter() - started)
-        return cls(net, hubert, load_ultralight_avatar(folder))
+        model = cls(net, hubert, load_ultralight_avatar(folder))
+        model.cpu_bf16 = bool(getattr(opt, "cpu_bf16", False))
+        return model
+
+    def load_avatar(self, folder: Path) -> UltralightAvatar:
+        net = load_unet(folder / CHECKPOINT, cpu_bf16=self.cpu_bf16)
+        return replace(load_ultralight_avatar(folder), net=net)
 
     def make_asr(self, left: int, right: int) -> BaseASR:
         return HubertASR(self.hubert, left=left, right=right)
 
-    def renderer(self, sessionid: int) -> Renderer:
-        return UltralightSession(self.net, self.avatar)
+    def renderer(self, sessionid: int, avatar: Any = None) -> Renderer:
+        avatar = avatar or self.avatar
+        return UltralightSession(avatar.net or self.net, avatar)

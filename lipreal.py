@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -150,8 +151,11 @@ class Wav2Lip(LipModel):
         log.info("wav2lip weights %s loaded on %s in %.1fs", path, device, time.perf_counter() - started)
         return cls(net, load_lip_avatar(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None))))
 
+    def load_avatar(self, folder: Path) -> LipAvatar:
+        return load_lip_avatar(folder)
+
     def make_asr(self, left: int, right: int) -> BaseASR:
         return LipASR(left=left, right=right)
 
-    def renderer(self, sessionid: int) -> Renderer:
-        return Wav2LipSession(self.net, self.avatar)
+    def renderer(self, sessionid: int, avatar: Any = None) -> Renderer:
+        return Wav2LipSession(self.net, avatar or self.avatar)

@@ -14,6 +14,8 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,8 +85,11 @@ class MuseTalk(LipModel):
                  str(dtype).replace("torch.", ""), time.perf_counter() - started)
         return cls(net, whisper, load_muse_avatar(folder))
 
+    def load_avatar(self, folder: Path) -> MuseAvatar:
+        return load_muse_avatar(folder)
+
     def make_asr(self, left: int, right: int) -> BaseASR:
         return MuseASR(self.whisper, left=left, right=right)
 
-    def renderer(self, sessionid: int) -> Renderer:
-        return MuseTalkSession(self.net, self.avatar)
+    def renderer(self, sessionid: int, avatar: Any = None) -> Renderer:
+        return MuseTalkSession(self.net, avatar or self.avatar)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +55,11 @@ class Portrait(LipModel):
     def load(cls, opt: argparse.Namespace) -> Portrait:
         return cls(PortraitAvatar.load(avatar_dir(opt.avatar_id, getattr(opt, "avatar_root", None))))
 
+    def load_avatar(self, folder: Path) -> PortraitAvatar:
+        return PortraitAvatar.load(folder)
+
     def make_asr(self, left: int, right: int) -> BaseASR:
         return PortraitASR(left=left, right=right)
 
-    def renderer(self, sessionid: int) -> Renderer:
-        return PortraitSession(self.avatar, seed=sessionid % 2**32)
+    def renderer(self, sessionid: int, avatar: Any = None) -> Renderer:
+        return PortraitSession(avatar or self.avatar, seed=sessionid % 2**32)

@@ -34,8 +34,8 @@ class SlowSession(PortraitSession):
 
 
 class SlowPortrait(Portrait):
-    def renderer(self, sessionid: int) -> SlowSession:
-        return SlowSession(self.avatar, seed=sessionid)
+    def renderer(self, sessionid: int, avatar=None) -> SlowSession:
+        return SlowSession(avatar or self.avatar, seed=sessionid)
 
 
 def voiced_tone() -> bytes:
