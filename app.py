@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 import access
+import actions
 import admin
 import admission
 import avatar_tasks
@@ -36,7 +38,8 @@ import httpapi
 import peerwatch
 import priority
 import webrtc
-from basereal import PROJECT_DIR, BaseReal, EventCallback, LipModel
+from avatars import AvatarCache, AvatarRefused, check_name
+from basereal import AVATAR_ROOT, PROJECT_DIR, BaseReal, EventCallback, LipModel
 from chat import Conversation
 from httpapi import (
     CONTROL_POOL,
@@ -91,10 +94,11 @@ UPLOAD_FIELD_LIMIT = 1024  # bytes of a form field other than the file
 FILENAME_LIMIT = 255
 TRIM_AFTER_BYTES = 1 << 20  # after an upload this big, freed heap is handed back to the system
 # /human fields of the API itself; any others are the caller's, echoed in the session's events.
-HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts"}
+HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts", "action"}
 PUSH_TOKEN_ENV = "LIVETALKING_PUSH_TOKEN"
 BACKGROUND_ALIAS = 0  # upstream's pages address the one background session as session 0
-SESSION_FIELDS = {"avatar", "outputs"}
+SESSION_FIELDS = {"avatar", "outputs", "custom_config"}
+CUSTOMVIDEO_DIR = PROJECT_DIR / "data" / "customvideo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,6 +106,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="portrait", help=f"lip-sync model: {', '.join(MODELS)} (default portrait)")
     p.add_argument("--avatar_id", default=None, help="folder under data/avatars (default: the model's own)")
     p.add_argument("--avatar_root", default=None, help="where avatar folders live (default data/avatars)")
+    p.add_argument("--max_avatars", type=int, default=4,
+                   help="avatars besides --avatar_id kept loaded for sessions that ask for them (default 4)")
+    p.add_argument("--customvideo_config", default=None,
+                   help='actions: a JSON list of {"audiotype": N, "imgpath": folder, "audiopath": wav} '
+                        "(upstream's custom_config.json); 1 replaces the idle loop")
+    p.add_argument("--customvideo_dir", default=str(CUSTOMVIDEO_DIR),
+                   help="besides the avatar root, the only folder an /offer's custom_config may name "
+                        "files in (default data/customvideo)")
     p.add_argument("--models_dir", default=None, help="where model files live (default models)")
     p.add_argument(
         "--batch_size", type=int, default=None, help="video frames inferred together (default: per model)"
@@ -194,6 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"require 'Authorization: Bearer TOKEN' on /api/admin/*, /api/avatar/* and /metrics "
                         f"(or set {access.ADMIN_TOKEN_ENV}); without one they answer only on loopback")
     avatar_tasks.add_arguments(p)
+    argv = config.preload(p, argv)  # a config file's `model:` chooses the model's flags too
     add_model_arguments(p, argv)
     config.apply(p, argv)
     opt = p.parse_args(argv)
@@ -201,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch_size must be at least 1")
     if opt.max_session < 1:
         p.error("--max_session must be at least 1")
+    if opt.max_avatars < 0:
+        p.error("--max_avatars must be 0 or more")
     if opt.llm_history < 0:
         p.error("--llm_history must be 0 or more")
     if opt.max_sessions_per_ip < 1:
@@ -258,6 +273,15 @@ class LiveTalking:
         started = time.perf_counter()
         self.model = model_cls.load(opt)
         self.model.warm_up()
+        self.avatar_root = Path(opt.avatar_root) if opt.avatar_root else AVATAR_ROOT
+        self.avatars = AvatarCache(self.model, self.avatar_root, opt.avatar_id, opt.max_avatars)
+        self.frame_size = self.model.renderer(0).idle_frame(0).shape[1::-1]
+        self.clips: dict[int, actions.Clip] = {}  # --customvideo_config's, for every session
+        if opt.customvideo_config:
+            path = Path(opt.customvideo_config)
+            loader = actions.ClipLoader(self.model, self.frame_size, Path.cwd())
+            self.clips = loader.load_all(actions.read_config_file(path))
+            log.info("actions from %s: audiotypes %s", path, ", ".join(map(str, sorted(self.clips))))
         self.tts_engine: TTSEngine = load_tts_engine(opt)
         self.voices_dir = Path(opt.voices_dir)
         self.llm: ChatBackend | None = None
@@ -318,9 +342,20 @@ class LiveTalking:
         return min(self.opt.max_session, self.capacity.sessions)
 
     # --- sessions ----------------------------------------------------------------------------
-    def new_session(self, sessionid: int, on_event: EventCallback | None = None) -> BaseReal:
-        """Build one session (blocking; runs in an executor)."""
-        return BaseReal(self.opt, self.model, self.tts_engine, sessionid, on_event)
+    def new_session(self, sessionid: int, on_event: EventCallback | None = None, avatar_id: str | None = None,
+                    custom_config: list[dict] | None = None) -> BaseReal:
+        """Build one session (blocking; runs in an executor): its avatar loaded (or found in
+        the cache), its own actions (custom_config) over the server's."""
+        avatar = None if avatar_id is None else self.avatars.get(avatar_id)
+        clips = dict(self.clips)
+        if custom_config:
+            clips.update(self.request_clips(custom_config))
+        return BaseReal(self.opt, self.model, self.tts_engine, sessionid, on_event, avatar, avatar_id, clips)
+
+    def request_clips(self, entries: list[dict]) -> dict[int, actions.Clip]:
+        """A request's clips: files under the avatar root or --customvideo_dir only."""
+        roots = [self.avatar_root, Path(self.opt.customvideo_dir)]
+        return actions.ClipLoader(self.model, self.frame_size, PROJECT_DIR, roots).load_all(entries)
 
     def get_session(self, value: Any) -> BaseReal:
         sessionid = self.resolve_sessionid(value)
@@ -416,6 +451,7 @@ class LiveTalking:
         if kind != "offer":
             raise ApiError(400, f"field 'type' must be 'offer', got {shown(kind)}")
         asr_mode = self._asr_mode(body.get("asr_mode"))
+        look = self._look(body)
         if len(sdp) > webrtc.SDP_LIMIT:
             raise ApiError(413, f"the SDP offer is {len(sdp)} characters; the limit is {webrtc.SDP_LIMIT}")
         self._admit()
@@ -430,7 +466,7 @@ class LiveTalking:
         self._address[sessionid] = address
         self._pending.add(sessionid)
         try:
-            return await self._open(request, sessionid, sdp, asr_mode)
+            return await self._open(request, sessionid, sdp, asr_mode, look)
         except BaseException:
             if sessionid not in self.sessions:
                 self._release_address(sessionid)  # never opened: nothing else will release it
@@ -450,12 +486,13 @@ class LiveTalking:
         if busy is not None:
             raise ApiError(503, f"the server is too busy for another session ({busy}); try again later")
 
-    async def _open(self, request: web.Request, sessionid: int, sdp: str, asr_mode: str | None) -> web.Response:
+    async def _open(self, request: web.Request, sessionid: int, sdp: str, asr_mode: str | None,
+                    look: SessionLook) -> web.Response:
         try:
             await offload(request, webrtc.check_offer, sdp)
         except ValueError as exc:
             raise ApiError(400, f"could not use the SDP offer: {exc}") from None
-        session = await self._build_session(sessionid)
+        session = await self._build_session(sessionid, look)
         pc = webrtc.new_peer(self.opt.ice)
         self.peers[sessionid] = pc
         self._watch_peer(sessionid, pc)
@@ -550,13 +587,29 @@ class LiveTalking:
         listening.set_mode(mode, extra_fields(body, {"sessionid", "mode"}))
         return ok({"mode": mode})
 
-    async def _build_session(self, sessionid: int) -> BaseReal:
+    def _look(self, body: dict) -> SessionLook:
+        """A request's `avatar` and `custom_config` (upstream V2's fields), checked."""
+        avatar = body.get("avatar")
+        try:
+            avatar = None if avatar is None else check_name(avatar)
+            entries = body.get("custom_config")
+            entries = None if entries in (None, "", []) else actions.parse_entries(entries, "field 'custom_config'")
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return SessionLook(avatar, entries)
+
+    async def _build_session(self, sessionid: int, look: SessionLook | None = None) -> BaseReal:
         """A new session with its events, chat and outputs, registered (not started yet)."""
         loop = asyncio.get_running_loop()
+        look = look or SessionLook()
         self._opening += 1
         hub = events.SessionEvents(sessionid, loop)
         try:
-            session = await loop.run_in_executor(self.control_pool, self.new_session, sessionid, hub.publish)
+            session = await loop.run_in_executor(
+                self.control_pool, self.new_session, sessionid, hub.publish, look.avatar, look.custom_config
+            )
+        except ValueError as exc:  # an avatar or a clip that cannot be used
+            raise ApiError(400, str(exc)) from None
         finally:
             self._opening -= 1
         self.sessions[sessionid] = session
@@ -572,7 +625,7 @@ class LiveTalking:
         return session
 
     async def open_background(self, outputs: list[tuple[str, str | None, dict[str, str]]],
-                              address: str | None = None) -> int:
+                              address: str | None = None, look: SessionLook | None = None) -> int:
         """A session without a browser: its clock runs at once and feeds `outputs` ((kind,
         url, options) triples). Returns its id; OutputError (nothing left open) when an output
         cannot start."""
@@ -583,7 +636,7 @@ class LiveTalking:
         if address is not None:
             self._address[sessionid] = address
         try:
-            session = await self._build_session(sessionid)
+            session = await self._build_session(sessionid, look)
         except BaseException:
             self._release_address(sessionid)
             raise
@@ -642,13 +695,10 @@ class LiveTalking:
         unknown = sorted(set(body) - SESSION_FIELDS)
         if unknown:
             raise ApiError(400, f"unknown fields {[k[:40] for k in unknown[:5]]}; allowed: {', '.join(SESSION_FIELDS)}")
-        avatar = body.get("avatar")
-        if avatar is not None and avatar != self.opt.avatar_id:
-            raise ApiError(400, f"avatar {shown(avatar)} is not loaded; this server runs avatar "
-                                f"'{self.opt.avatar_id}' (--avatar_id)")
+        look = self._look(body)
         outputs = parse_outputs(body.get("outputs", []))
         try:
-            sessionid = await self.open_background(outputs, self.limits.address(request))
+            sessionid = await self.open_background(outputs, self.limits.address(request), look)
         except OutputError as exc:
             raise ApiError(exc.status, exc.msg) from None
         return web.json_response({"code": 0, "msg": "ok", "sessionid": sessionid, "data": {"sessionid": sessionid}})
@@ -660,6 +710,42 @@ class LiveTalking:
             raise ApiError(404, f"no session {sessionid}")
         await self.close_session(sessionid, "closed by request")
         return ok()
+
+    async def set_avatar(self, request: web.Request) -> web.Response:
+        """POST /set_avatar {sessionid, avatar}: the session shows another avatar of the model
+        from its next frames; what it says goes on."""
+        body = await read_json(request)
+        session = self.get_session(body.get("sessionid"))
+        try:
+            name = check_name(body.get("avatar"))
+            avatar = await offload(request, self.avatars.get, name)
+        except AvatarRefused as exc:
+            raise ApiError(400, str(exc)) from None
+        if session.sessionid not in self.sessions:
+            raise ApiError(404, f"session {session.sessionid} ended while its avatar loaded")
+        session.set_avatar(name, avatar)
+        return ok({"avatar": name})
+
+    async def set_audiotype(self, request: web.Request) -> web.Response:
+        """POST /set_audiotype {sessionid, audiotype}: play the session's action (upstream's
+        custom video) now; 1 returns to the idle loop."""
+        body = await read_json(request)
+        session = self.get_session(body.get("sessionid"))
+        audiotype = self._audiotype(session, body.get("audiotype"), "audiotype")
+        session.play_action(audiotype, extra_fields(body, {"sessionid", "audiotype", "reinit"}))
+        return ok({"audiotype": audiotype})
+
+    def _audiotype(self, session: BaseReal, value: Any, field: str) -> int:
+        """One of the session's actions, or 400 naming those it has."""
+        clips = session.stage.clips
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 8:
+            value = int(value)  # upstream's pages send form values as strings
+        if type(value) is not int:
+            raise ApiError(400, f"field '{field}' must be a whole number (an audiotype), got {shown(value)}")
+        if value not in clips and value != actions.IDLE_AUDIOTYPE:
+            known = ", ".join(map(str, sorted(clips))) or "none (--customvideo_config or custom_config at /offer)"
+            raise ApiError(400, f"session {session.sessionid} has no action {value}; its actions: {known}")
+        return value
 
     async def ice_servers(self, _: web.Request) -> web.Response:
         """GET /ice_servers: the STUN/TURN servers the page's peer connection should use."""
@@ -675,6 +761,8 @@ class LiveTalking:
             raise ApiError(400, f"field 'type' must be 'echo' or 'chat', got {shown(kind)}")
         conversation = self._conversation(session) if kind == "chat" else None
         datainfo = extra_fields(body, HUMAN_FIELDS)
+        if body.get("action") is not None:
+            datainfo["action"] = self._audiotype(session, body["action"], "action")
         if optional_bool(body, "interrupt"):
             await self._interrupt(session)
         session.reply_requested()
@@ -814,6 +902,14 @@ class LiveTalking:
         })
 
 
+@dataclass(frozen=True)
+class SessionLook:
+    """What a new session shows: an avatar by name (None: --avatar_id) and its own actions."""
+
+    avatar: str | None = None
+    custom_config: list[dict] | None = None
+
+
 def parse_outputs(value: Any) -> list[tuple[str, str | None, dict[str, str]]]:
     """POST /session's "outputs": names, or {"type", "url", "token"} objects; (kind, url,
     options) triples."""
@@ -947,6 +1043,8 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     api("DELETE", "/session/{sessionid}", live.end_session)
     api("GET", "/ice_servers", live.ice_servers)
     api("POST", "/asr_mode", live.asr_mode)
+    api("POST", "/set_avatar", live.set_avatar)
+    api("POST", "/set_audiotype", live.set_audiotype)
     OutputsApi(live).add_routes(api)
 
     def admin_route(method: str, path: str, handler: Any) -> None:
@@ -1022,6 +1120,7 @@ def setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
     setup_logging(opt.log_level)
+    config.log_notes(opt)  # keys loaded from --config / .env (names only, never values)
     raise_open_files_limit()
     try:
         app = build_app(opt)

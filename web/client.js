@@ -19,7 +19,7 @@ function setStatus(text) { $("status").textContent = text || ""; }
 function setConnected(connected) {
   $("start").disabled = connected;
   $("stop").disabled = !connected;
-  for (const id of ["say", "interrupt", "upload", "ask"]) $(id).disabled = !connected;
+  for (const id of ["say", "interrupt", "upload", "ask", "set-avatar", "play-action"]) $(id).disabled = !connected;
   $("sessionid").textContent = connected && sessionid !== null ? String(sessionid) : "none";
   setMicControls(connected);
 }
@@ -182,6 +182,8 @@ async function start() {
 function offerBody(offer) {
   const body = { sdp: offer.sdp, type: offer.type };
   if (modeChosen) body.asr_mode = $("asr-mode").value;
+  const avatar = $("avatar").value.trim();
+  if (avatar) body.avatar = avatar;
   return body;
 }
 
@@ -514,6 +516,22 @@ async function interrupt() {
   try { await api("/interrupt_talk", { sessionid }); } catch (err) { setStatus(err.message); }
 }
 
+// --- avatars and actions: /set_avatar switches the face, /set_audiotype plays a clip ---------
+async function setAvatar(ev) {
+  ev.preventDefault();
+  const avatar = $("avatar").value.trim();
+  if (!avatar || sessionid === null) return;
+  try { await api("/set_avatar", { sessionid, avatar }); setStatus(`avatar: ${avatar}`); }
+  catch (err) { setStatus(err.message); }
+}
+
+async function playAction() {
+  const audiotype = Number($("audiotype").value);
+  if (!Number.isInteger(audiotype) || audiotype < 1 || sessionid === null) return;
+  try { await api("/set_audiotype", { sessionid, audiotype }); setStatus(""); }
+  catch (err) { setStatus(err.message); }
+}
+
 async function upload(ev) {
   ev.preventDefault();
   const file = $("audio-file").files[0];
@@ -530,6 +548,10 @@ $("echo-form").addEventListener("submit", say);
 $("chat-form").addEventListener("submit", ask);
 $("interrupt").addEventListener("click", interrupt);
 $("audio-form").addEventListener("submit", upload);
+$("look-form").addEventListener("submit", setAvatar);
+$("play-action").addEventListener("click", playAction);
+// ?avatar=NAME in the page's address picks the avatar (as upstream V2's pages do).
+$("avatar").value = new URLSearchParams(window.location.search).get("avatar") || "";
 $("mic").addEventListener("click", clickMic);
 $("hands-free").addEventListener("change", toggleHandsFree);
 $("asr-mode").addEventListener("change", chooseAsrMode);
