@@ -11,6 +11,11 @@
   connected, uploads in flight and event streams, so one client cannot take every slot.
   Behind a reverse proxy the address is taken from X-Forwarded-For only when the connection
   comes from one of `--forwarded_allow_ips`.
+- The operator's routes (/api/admin/*, /api/avatar/*, /metrics): `--admin_token` (or
+  LIVETALKING_ADMIN_TOKEN) as a bearer token, the API token being no substitute; without one,
+  they answer to this machine (loopback) only.
+- Routes are guarded by their pattern (`/session/{sessionid}`), never by the path asked for,
+  so a route with a parameter in its path is guarded like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
@@ -58,22 +64,25 @@ def parse_origins(value: str | None) -> set[str]:
     return origins
 
 
-class AccessPolicy:
-    """The token, origin and content checks of every API call, as an aiohttp middleware."""
+class _Gate:
+    """The checks AccessPolicy and AdminGuard share: which routes they guard (by route pattern),
+    other origins and their preflights, and a bearer token compared in constant time."""
 
-    def __init__(self, token: str | None, cors_origins: Iterable[str], api_paths: set[str]) -> None:
+    def __init__(self, token: str | None, cors_origins: Iterable[str]) -> None:
         self._token = token.encode() if token else None
         self._origins = set(cors_origins)
-        self.api_paths = api_paths  # filled as the routes are added; static pages are open
 
-    @property
-    def needs_token(self) -> bool:
-        return self._token is not None
+    def _guards(self, pattern: str) -> bool:
+        raise NotImplementedError
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """None when the caller may go on, else the answer that refuses it."""
+        raise NotImplementedError
 
     def middleware(self) -> Callable:
         @web.middleware
         async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.path not in self.api_paths:
+            if not self._guards(await route_pattern(request, self._guards)):
                 return await handler(request)
             origin = request.headers.get("Origin")
             cross = origin is not None and not _same_origin(origin, request.host)
@@ -81,8 +90,9 @@ class AccessPolicy:
                 return _refuse(403, f"cross-origin call from {origin[:80]!r} refused; allow it with --cors_origins")
             if request.method == "OPTIONS":
                 return self._preflight(request, origin)
-            if not self._authorized(request):
-                return _refuse(401, "this server needs an API token: send Authorization: Bearer <token>")
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
             response = await handler(request)
             if cross:
                 _cors_headers(response, origin)
@@ -108,10 +118,50 @@ class AccessPolicy:
         response = web.Response(status=204)
         if origin is not None:
             _cors_headers(response, origin)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
         return response
+
+
+async def route_pattern(request: web.Request, wanted: Callable[[str], bool] | None = None) -> str:
+    """The pattern of the route a request is for ("/session/{sessionid}"), as routes are
+    registered, so a guard keyed by pattern sees every id in the path.
+
+    A request no route of its method matches (a preflight's OPTIONS, a wrong method) has no
+    route: the resource whose pattern matches its path, among those `wanted`, names it; else
+    its path does (which no pattern with parameters equals)."""
+    resource = request.match_info.route.resource
+    if resource is not None:
+        return resource.canonical
+    if wanted is not None:
+        for candidate in request.app.router.resources():
+            if not wanted(candidate.canonical):
+                continue
+            _, allowed = await candidate.resolve(request)
+            if allowed:  # the path matched; only the method did not
+                return candidate.canonical
+    return request.path
+
+
+class AccessPolicy(_Gate):
+    """The token, origin and content checks of every API call, as an aiohttp middleware."""
+
+    def __init__(self, token: str | None, cors_origins: Iterable[str], api_paths: set[str]) -> None:
+        super().__init__(token, cors_origins)
+        self.api_paths = api_paths  # route patterns, filled as the routes are added; static pages are open
+
+    @property
+    def needs_token(self) -> bool:
+        return self._token is not None
+
+    def _guards(self, pattern: str) -> bool:
+        return pattern in self.api_paths
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if self._authorized(request):
+            return None
+        return _refuse(401, "this server needs an API token: send Authorization: Bearer <token>")
 
 
 def _refuse(status: int, msg: str) -> web.Response:
@@ -183,16 +233,64 @@ def admin_token(flag: str | None) -> str | None:
     return token or None
 
 
-class AdminGuard:
-    """Who may call the operator's routes (stub, filled in by its owner)."""
+class AdminGuard(_Gate):
+    """Who may call the operator's routes (`paths`: /api/admin/*, /api/avatar/*, /metrics).
+
+    With an admin token: `Authorization: Bearer <admin token>` (or `?token=` on a GET), the API
+    token being no substitute. Without one: loopback callers only, asking by a loopback name
+    (a page elsewhere whose name a rebinding DNS points at 127.0.0.1 names its own host), with
+    no forwarding header naming a client elsewhere (a proxy on this machine relays others)."""
 
     def __init__(self, token: str | None, cors_origins: Iterable[str], limits: AddressLimits) -> None:
-        self._token = token
-        self.paths: set[str] = set()
+        super().__init__(token, cors_origins)
+        self._limits = limits
+        self.paths: set[str] = set()  # route patterns, filled as the routes are added
 
-    def middleware(self) -> Callable:
-        @web.middleware
-        async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-            return await handler(request)
+    @property
+    def needs_token(self) -> bool:
+        return self._token is not None
 
-        return check
+    def _guards(self, pattern: str) -> bool:
+        return pattern in self.paths
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if self._token is not None:
+            if self._authorized(request):
+                return None
+            return _refuse(401, "this route needs the admin token: send Authorization: Bearer <admin token> "
+                                "(--admin_token)")
+        if _local_request(request, self._limits.address(request)):
+            return None
+        return _refuse(403, "admin routes answer only to this machine (loopback) without an admin token; "
+                            f"set --admin_token (or {ADMIN_TOKEN_ENV}) to call them from elsewhere")
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
+_FORWARDED_FOR = re.compile(r"for=\"?\[?([^\]\";,]*)", re.IGNORECASE)
+
+
+def _local_request(request: web.Request, client: str) -> bool:
+    """The connection, the client a trusted proxy names, every forwarding header's hop and the
+    Host asked for are all this machine's."""
+    if not (_loopback(request.remote or "") and _loopback(client)):
+        return False
+    headers = request.headers
+    hops = [hop for value in headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+    hops += headers.getall("X-Real-IP", [])
+    hops += [m.group(1) for value in headers.getall("Forwarded", []) for m in _FORWARDED_FOR.finditer(value)]
+    hops = [hop.strip() for hop in hops]
+    if not all(_loopback(h) for h in hops if h):
+        return False
+    host = request.headers.get("Host", "").strip().lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in _LOOPBACK_NAMES or _loopback(name)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket's view of 127.0.0.1
+    return ip.is_loopback

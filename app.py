@@ -1058,6 +1058,11 @@ def build_app(opt: argparse.Namespace) -> web.Application:
     app.router.add_static("/", WEB_DIR)
     if policy.needs_token:
         log.info("API calls need the API token (--api_token / %s)", access.TOKEN_ENV)
+    if guard.needs_token:
+        log.info("admin routes need the admin token (--admin_token / %s)", access.ADMIN_TOKEN_ENV)
+    else:
+        log.info("admin routes (/api/admin/*, /api/avatar/*, /metrics) answer on loopback only; "
+                 "set --admin_token to call them from elsewhere")
 
     async def on_startup(_: web.Application) -> None:
         loop = asyncio.get_running_loop()

@@ -793,7 +793,7 @@ class BaseTTS:
         if self.on_error is None:
             return
         try:
-            self.on_error({**msg.datainfo, "status": "error", "text": sentence, "msg": text})
+            self.on_error({**msg.datainfo, "status": "error", "source": "tts", "text": sentence, "msg": text})
         except Exception:  # a broken listener must not stop the speech
             log.exception("%s: on_error callback failed", self.name)
 
