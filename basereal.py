@@ -177,6 +177,7 @@ class BaseReal:
         self.renderer = model.renderer(sessionid, avatar)
         self.avatar = avatar  # None: the model's own (--avatar_id)
         self._clip_renderers: dict[int, Renderer] = {}  # per clip: this session's renderer of it
+        self._restage = threading.Event()  # the look changed: queued idle frames are stale
         self.stage = Stage(clips or {}, self._clip_renderer)
         self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}", on_error=self._tts_error)
         self.player = HumanPlayer(self.batch_size + PLAYER_SLACK_UNITS, on_audio_sent=self._audio_sent)
@@ -237,6 +238,7 @@ class BaseReal:
         """Show another avatar from the next batch of frames fed; the sound goes on as it was."""
         self.renderer = self.model.renderer(self.sessionid, avatar)
         self.avatar, self.avatar_id = avatar, avatar_id
+        self._look_changed()
         log.info("session %s now shows avatar %s", self.sessionid, avatar_id)
 
     def play_action(self, audiotype: int, datainfo: dict | None = None) -> None:
@@ -246,6 +248,7 @@ class BaseReal:
 
         if audiotype == IDLE_AUDIOTYPE:
             self.stage.stop()
+            self._look_changed()
             return
         clip = self.stage.clips[audiotype]
         if clip.audio is not None:
@@ -253,6 +256,7 @@ class BaseReal:
             self.say_audio(clip.audio, {**(datainfo or {}), "audiotype": audiotype, "action": audiotype})
         else:
             self.stage.cue(clip)
+            self._look_changed()
 
     def _clip_renderer(self, clip: Any) -> Renderer:
         renderer = self._clip_renderers.get(id(clip))
@@ -339,8 +343,9 @@ class BaseReal:
     def _feed_loop(self) -> None:
         index = 0
         while not self._stop.is_set():
-            if not self.player.wait_for_room(self.batch_size, timeout=0.1, urgent=self._speech_waiting):
+            if not self.player.wait_for_room(self.batch_size, timeout=0.1, urgent=self._urgent):
                 continue
+            self._restage.clear()  # the frames fed from now on show the new look
             frames, window = self.asr.get_window(self.batch_size)
             units = [Unit(None, (frames[2 * k], frames[2 * k + 1])) for k in range(self.batch_size)]
             looks = self.stage.looks(units, index, self.renderer)
@@ -353,6 +358,15 @@ class BaseReal:
 
     def _speech_waiting(self) -> bool:
         return self.asr.queued_frames() > 0
+
+    def _urgent(self) -> bool:
+        """Idle frames queued for playback may be dropped for what comes next: speech, or a new
+        look (another avatar, a clip) that should show without waiting behind them."""
+        return self._restage.is_set() or self._speech_waiting()
+
+    def _look_changed(self) -> None:
+        self._restage.set()
+        self.player.poke()
 
     # --- inference thread: pictures for the queued units ---------------------------------
     def _infer_loop(self) -> None:

@@ -27,6 +27,7 @@ BENCHES = {
     "model_speed": ["bench/model_speed.py"],
     "outputs": ["bench/outputs.py", "--seconds", "8", "--repeats", "5", "--max_sessions", "4"],
     "voice_latency": ["bench/voice_latency.py", "--repeats", "5"],
+    "avatars": ["bench/avatars.py", "--repeats", "5"],
 }
 # (bench, key, label, target, better)
 TARGETS = [
@@ -71,6 +72,11 @@ TARGETS = [
     ("voice_latency", "cpu_session_no_mic", "server CPU, a connected session without a microphone (cores)", None,
      "lower"),
     ("voice_latency", "cpu_listening_session", "... the same session hearing its microphone (cores)", None, "lower"),
+    ("avatars", "avatar_switch_to_frame_ms", "POST /set_avatar to the new avatar's first frame at the viewer (ms)",
+     None, "lower"),
+    ("avatars", "action_to_frame_ms", "POST /set_audiotype to the clip's first frame at the viewer (ms)", None,
+     "lower"),
+    ("avatars", "avatar_load_ms", "POST /set_avatar of an avatar not loaded yet (portrait, ms)", None, "lower"),
 ]
 
 
@@ -145,6 +151,12 @@ NOTES = [
     "  (a cough or a click is shorter) that does not follow the avatar's own sound over three",
     "  32 ms windows in a row, checked while that audio builds up (464 ms before; 280-430 ms now);",
     "  Silero needs ~100 ms to rate a fricative onset (\"Stop\") as speech, which is the rest.",
+    "- Avatars and actions (bench/avatars.py): one idle WebRTC viewer of a portrait session; a frame",
+    "  is told apart by the colour of its face (tinted copies of the astronaut, a blue clip). The",
+    "  frames already rendered ahead of playback showed the old look first: 268 ms to the new",
+    "  avatar and 243 ms to a clip's first frame, the same day, before a change of look was allowed",
+    "  to drop the idle frames queued (as speech does); speaking frames are never dropped, so a switch",
+    "  while speaking shows after the frames queued with their sound.",
 ]
 
 
