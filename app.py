@@ -1052,6 +1052,7 @@ def build_app(opt: argparse.Namespace) -> web.Application:
         guard.paths.add(path)
 
     tasks = avatar_tasks.AvatarTasks(opt, opt.model)
+    tasks.on_built.append(live.avatars.forget)  # an overwritten avatar is loaded afresh
     admin.AdminApi(live).add_routes(admin_route)
     tasks.add_routes(admin_route)
     app.router.add_get("/", index_page)

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_LISTED_FRAMES = 10
+
+# Told of every frame a maker's pass has done: (the pass's name, frames done, frames in the pass
+# if known). The server's avatar tasks show progress with it, and stop a cancelled task by
+# raising from it (the staged folder is then removed like on any other failure).
+FrameHook = Callable[[str, int, int | None], None]
 
 
 class AvatarError(ValueError):
@@ -65,6 +71,21 @@ def _rest_of(cap: cv2.VideoCapture, first: np.ndarray) -> Iterator[np.ndarray]:
             frame = frame if ok else None
     finally:
         cap.release()
+
+
+def tracked(
+    frames: Iterable[np.ndarray], desc: str, total: int | None = None, progress: bool = True,
+    hook: FrameHook | None = None,
+) -> Iterator[np.ndarray]:
+    """`frames` with a tqdm bar, telling `hook` before the first frame and after each one."""
+    if total is None and isinstance(frames, Sequence):
+        total = len(frames)
+    if hook is not None:
+        hook(desc, 0, total)
+    for done, frame in enumerate(tqdm(frames, desc, total, unit="frame", disable=not progress), 1):
+        yield frame
+        if hook is not None:
+            hook(desc, done, total)
 
 
 def as_bgr(frame: np.ndarray, source: str) -> np.ndarray:

@@ -105,6 +105,11 @@ class AvatarCache:
         log.info("avatar %s loaded for %s in %.1fs", name, self.model.name, time.perf_counter() - started)
         return avatar
 
+    def forget(self, name: str) -> None:
+        """Drop a cached avatar whose folder was replaced (sessions showing it keep their copy)."""
+        with self._lock:
+            self._loaded.pop(name, None)
+
     def cached(self) -> list[str]:
         with self._lock:
             return [self.default_id, *self._loaded]

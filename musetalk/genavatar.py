@@ -29,9 +29,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from avatar_build import AvatarError, as_bgr, frame_name, frames_source, no_face_message, staged_folder, write_image
+from avatar_build import (
+    AvatarError,
+    FrameHook,
+    as_bgr,
+    frame_name,
+    frames_source,
+    no_face_message,
+    staged_folder,
+    tracked,
+    write_image,
+)
 from avatar_files import paste_clipped
 from musetalk.latents import crop_latents, face_crop
 from portrait.landmarks import CHIN, FACE_OVAL, detect_landmarks
@@ -114,10 +123,12 @@ def make_avatar(
     progress: bool = True,
     seed: int = 0,
     parser: torch.nn.Module | None = None,
+    hook: FrameHook | None = None,
 ) -> Path:
     """Write the avatar folder `out_dir`; `parser` is the user's BiSeNet (face-mesh masks
     without it). Raises AvatarError, leaving `out_dir` as it was, when the input cannot be
-    read or a frame has no face."""
+    read or a frame has no face. `hook` is told of each frame of both passes; what it raises
+    stops the work, leaving `out_dir` as it was."""
     if parsing_mode not in PARSING_MODES:
         raise AvatarError(f"unknown --parsing_mode {parsing_mode!r}; choose one of {', '.join(PARSING_MODES)}")
     frames, total, source = frames_source(frames_or_path)
@@ -126,7 +137,7 @@ def make_avatar(
         (work / "mask").mkdir()
         landmarks: list[np.ndarray | None] = []
         heights: list[int] = []
-        for i, frame in enumerate(tqdm(frames, "finding faces", total, unit="frame", disable=not progress)):
+        for i, frame in enumerate(tracked(frames, "finding faces", total, progress, hook)):
             frame = as_bgr(frame, source)
             write_image(work / "full_imgs" / frame_name(i), frame)
             landmarks.append(detect_landmarks(frame))
@@ -138,7 +149,7 @@ def make_avatar(
             raise AvatarError(no_face_message(missing, source))
         coords, mask_coords, latents = [], [], []
         generator = torch.Generator().manual_seed(seed)  # the posterior sample, reproducible
-        for i, points in enumerate(tqdm(landmarks, "encoding faces", unit="frame", disable=not progress)):
+        for i, points in enumerate(tracked(landmarks, "encoding faces", None, progress, hook)):
             frame = cv2.imread(str(work / "full_imgs" / frame_name(i)), cv2.IMREAD_COLOR)
             box = face_box(points, heights[i], bbox_shift, extra_margin)
             if box[2] <= box[0] or box[3] <= box[1]:

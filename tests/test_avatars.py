@@ -172,6 +172,9 @@ def test_the_cache_is_bounded_and_the_avatar_of_a_session_stays_with_it(tmp_path
         assert cache.cached() == ["portrait_astronaut", "two"]
         assert cache.get("one") is not first and cache.loads == 3  # loaded again
         assert cache.get("portrait_astronaut") is srv.live.model.avatar  # the default never leaves
+        two = cache.get("two")
+        cache.forget("two")  # its folder was made anew (an avatar task's overwrite)
+        assert cache.get("two") is not two
     finally:
         srv.stop()
 

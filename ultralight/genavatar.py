@@ -24,9 +24,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from avatar_build import AvatarError, as_bgr, frame_name, frames_source, no_face_message, staged_folder, write_image
+from avatar_build import (
+    AvatarError,
+    FrameHook,
+    as_bgr,
+    frame_name,
+    frames_source,
+    no_face_message,
+    staged_folder,
+    tracked,
+    write_image,
+)
 from portrait.landmarks import CHEEK_LEFT, CHEEK_RIGHT, detect_landmarks
 from ultralight.render import CROP
 
@@ -46,7 +55,10 @@ def crop_box(points: np.ndarray, width: int, height: int) -> tuple[int, int, int
 
 
 def make_avatar(frames_or_path: str | Path | Iterable[np.ndarray], out_dir: Path, checkpoint: Path,
-                progress: bool = True) -> Path:
+                progress: bool = True, hook: FrameHook | None = None) -> Path:
+    """Write the avatar folder `out_dir`. Raises AvatarError, leaving `out_dir` as it was, when
+    the input cannot be read or a frame has no face; `hook` is told of each frame, and what it
+    raises stops the work the same way."""
     from ultralight.checkpoint import load_unet
 
     load_unet(checkpoint)  # refuse a checkpoint that does not fit before any work
@@ -55,7 +67,7 @@ def make_avatar(frames_or_path: str | Path | Iterable[np.ndarray], out_dir: Path
         (work / "full_imgs").mkdir()
         (work / "face_imgs").mkdir()
         coords: list[tuple[int, int, int, int] | None] = []
-        for i, frame in enumerate(tqdm(frames, "cropping faces", total, unit="frame", disable=not progress)):
+        for i, frame in enumerate(tracked(frames, "cropping faces", total, progress, hook)):
             frame = as_bgr(frame, source)
             write_image(work / "full_imgs" / frame_name(i), frame)
             points = detect_landmarks(frame)

@@ -20,15 +20,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from avatar_build import (
     AvatarError,
+    FrameHook,
     as_bgr,
     frame_name,
     frames_source,
     no_face_message,
     staged_folder,
+    tracked,
     write_image,
 )
 from wav2lip.face_detect import FaceDetector, clamp_box, pad_box, smooth_boxes
@@ -45,17 +46,19 @@ def make_avatar(
     pads: Sequence[int] = (0, 10, 0, 0),
     smooth: bool = True,
     progress: bool = True,
+    hook: FrameHook | None = None,
 ) -> Path:
     """Write a Wav2Lip avatar folder to `out_dir` and return it.
 
     `frames_or_path` is a video or image path, or BGR uint8 frames. `pads` (top, bottom, left,
     right) grow each face box in pixels. Raises AvatarError when the input cannot be read or a
-    frame has no face; then `out_dir` is left as it was.
+    frame has no face; then `out_dir` is left as it was. `hook` is told of each frame of both
+    passes (avatar_build.FrameHook); what it raises stops the work, leaving `out_dir` as it was.
     """
     out_dir = Path(out_dir)
     frames, total, source = frames_source(frames_or_path)
     with staged_folder(out_dir) as work:
-        _build(frames, total, work, source, img_size, pads, smooth, progress)
+        _build(frames, total, work, source, img_size, pads, smooth, progress, hook)
     log.info("wrote avatar to %s", out_dir)
     return out_dir
 
@@ -69,6 +72,7 @@ def _build(
     pads: Sequence[int],
     smooth: bool,
     progress: bool,
+    hook: FrameHook | None = None,
 ) -> None:
     full_dir, face_dir = work / "full_imgs", work / "face_imgs"
     full_dir.mkdir()
@@ -78,7 +82,7 @@ def _build(
     # Frames go to disk as they are read and come back for cropping: a long video never has to
     # fit in memory.
     with FaceDetector() as detector:
-        for i, frame in enumerate(tqdm(frames, "detecting faces", total, unit="frame", disable=not progress)):
+        for i, frame in enumerate(tracked(frames, "detecting faces", total, progress, hook)):
             frame = as_bgr(frame, source)
             write_image(full_dir / frame_name(i), frame)
             boxes.append(detector.detect(frame))
@@ -92,7 +96,7 @@ def _build(
     if smooth:
         padded = smooth_boxes(padded, SMOOTH_WINDOW)
     coords = [clamp_box(b, w, h) for b, (w, h) in zip(padded, sizes, strict=True)]
-    for i, (y1, y2, x1, x2) in enumerate(tqdm(coords, desc="cropping faces", unit="frame", disable=not progress)):
+    for i, (y1, y2, x1, x2) in enumerate(tracked(coords, "cropping faces", None, progress, hook)):
         frame = cv2.imread(str(full_dir / frame_name(i)), cv2.IMREAD_COLOR)
         crop = frame[y1:y2, x1:x2]
         interp = cv2.INTER_AREA if crop.shape[0] > img_size else cv2.INTER_CUBIC
