@@ -14,6 +14,10 @@ to a temporary file as it arrives (never held in memory), is checked to be a rea
 image before a task is made, and is removed when its task ends, however it ends. Each status
 change is POSTed to the task's notifyurl from the event loop, in order, with retries, never
 holding the task up. Times are ISO 8601 in UTC ("2025-01-02T03:04:05.678Z").
+
+This module keeps the tasks: their records, the queue and its worker, the makers per model and
+the HTTP handlers. Reading and checking a request's fields and its video is avatar_fields';
+delivering the webhooks is webhooks' (a notifier other features can use as well).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import queue
 import re
@@ -31,28 +34,39 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-import aiohttp
-import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 import priority
 from avatar_build import AvatarError, frame_name, read_frames, staged_folder
+from avatar_fields import (
+    MAX_FIELDS,
+    MODELS,
+    first_of,
+    inside,
+    json_fields,
+    model_options,
+    parse_avatar_id,
+    parse_bool,
+    parse_notifyurl,
+    probe,
+    with_kind,
+)
+from avatars import NAME
 from basereal import AVATAR_ROOT, models_dir
 from httpapi import ApiError, offload, ok, read_body, read_json
 from safetext import clean_text, shown
+from webhooks import Webhooks
 
 log = logging.getLogger("livetalking.avatar_tasks")
 
-MODELS = ("portrait", "wav2lip", "musetalk", "ultralight")
-AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
@@ -62,18 +76,10 @@ KEEP_FINISHED = 100  # finished tasks remembered for GET; the oldest are forgott
 MAX_UPLOADS = 2  # uploads arriving at once (each may fill --avatar_upload_mb of disk)
 AVATAR_NICE = 10  # below the renderers (5): a new avatar can wait, a live frame cannot
 FIELD_LIMIT = 2048 + 64  # bytes of a form field other than the file (a notifyurl fits)
-MAX_FIELDS = 32
 FILENAME_LIMIT = 255
-URL_LIMIT = 2048
-SNIFF_BYTES = 512  # enough for every container's signature (MPEG-TS needs two 188-byte packets)
 WRITE_BYTES = 1 << 20  # an upload reaches the disk in pieces this big, from the control pool
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for a running task to stop at its next frame
 STOP_WAIT_S = 30.0  # shutdown waits this long for the worker's current frame
-NOTIFY_TRIES = 3
-NOTIFY_TIMEOUT_S = 5.0  # per webhook call, connecting included
-NOTIFY_BACKOFF_S = 0.5  # before the second try; doubled before each later one
-NOTIFY_QUEUE = 16  # a task causes about 7 notifications; progress ones are dropped past half
-NOTIFY_FLUSH_S = 3.0  # shutdown lets the last notifications go out for this long
 PROGRESS_STEP = 25  # a notification each time progress passes a multiple of this
 DONE_BUILDING = 99  # progress once the frames are done; 100 only when the folder is in place
 
@@ -84,38 +90,6 @@ STAGES: dict[str, dict[str, tuple[int, int]]] = {
     "musetalk": {"finding faces": (0, 35), "encoding faces": (35, 95)},
     "ultralight": {"cropping faces": (5, 95)},
 }
-# Each model's genavatar options (the makers' flags); another model's option is refused, so a
-# caller is never left believing it took effect.
-OPTIONS = {
-    "portrait": ("size",),
-    "wav2lip": ("img_size", "pads", "nosmooth"),
-    "musetalk": ("bbox_shift", "extra_margin", "parsing_mode"),
-    "ultralight": ("checkpoint",),
-}
-PARSING_MODES = ("jaw", "raw", "neck")  # musetalk.genavatar's, without importing torch here
-TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-# Leading bytes of the containers and images OpenCV reads: (offset, signature, suffix to read
-# the file by). Anything else (a text file named .mp4) is refused before any decoder sees it.
-SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x89PNG\r\n\x1a\n", ".png"),
-    (0, b"\xff\xd8\xff", ".jpg"),
-    (0, b"BM", ".bmp"),
-    (0, b"II*\x00", ".tif"),
-    (0, b"MM\x00*", ".tif"),
-    (4, b"ftyp", ".mp4"),
-    (4, b"moov", ".mov"),
-    (4, b"mdat", ".mov"),
-    (4, b"wide", ".mov"),
-    (4, b"free", ".mov"),
-    (0, b"\x1a\x45\xdf\xa3", ".mkv"),
-    (0, b"FLV\x01", ".flv"),
-    (0, b"\x00\x00\x01\xba", ".mpg"),
-    (0, b"\x00\x00\x01\xb3", ".mpg"),
-    (0, b"OggS", ".ogv"),
-    (0, b"GIF87a", ".gif"),
-    (0, b"GIF89a", ".gif"),
-)
-RIFF_KINDS = {b"AVI ": ".avi", b"WEBP": ".webp"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,169 +153,6 @@ class AvatarTask:
         }
 
 
-# --- form fields -------------------------------------------------------------------------------
-def parse_int(fields: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = fields.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, f"field '{name}' must be an integer, got {shown(text)}") from None
-    if not low <= value <= high:
-        raise ApiError(400, f"field '{name}' must be between {low} and {high}, got {value}")
-    return value
-
-
-def parse_bool(fields: dict[str, str], name: str) -> bool:
-    text = fields.get(name, "").strip().lower()
-    if text in TRUE:
-        return True
-    if text in FALSE:
-        return False
-    raise ApiError(400, f"field '{name}' must be true or false, got {shown(text)}")
-
-
-def parse_pads(fields: dict[str, str]) -> list[int]:
-    """wav2lip's pads as "0 10 0 0", "0,10,0,0" or a JSON list: top, bottom, left, right."""
-    text = fields.get("pads", "").strip().strip("[]")
-    if not text:
-        return [0, 10, 0, 0]
-    parts = [p for p in re.split(r"[\s,]+", text) if p]
-    try:
-        pads = [int(p) for p in parts]
-    except ValueError:
-        pads = []
-    if len(pads) != 4 or not all(0 <= p <= 256 for p in pads):
-        raise ApiError(400, f"field 'pads' must be 4 integers 0-256 (top bottom left right), got {shown(text)}")
-    return pads
-
-
-def parse_choice(fields: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = fields.get(name, "").strip() or choices[0]
-    if value not in choices:
-        raise ApiError(400, f"field '{name}' must be one of {', '.join(choices)}, got {shown(value)}")
-    return value
-
-
-def parse_notifyurl(fields: dict[str, str]) -> str | None:
-    url = fields.get("notifyurl", "").strip()
-    if not url:
-        return None
-    if len(url) > URL_LIMIT:
-        raise ApiError(400, f"field 'notifyurl' is {len(url)} characters; the limit is {URL_LIMIT}")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-    except ValueError:
-        raise ApiError(400, f"field 'notifyurl' is not a URL: {shown(url)}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(400, f"field 'notifyurl' must be an http(s) URL, got {shown(url)}")
-    return url
-
-
-def parse_avatar_id(fields: dict[str, str]) -> str:
-    value = fields.get("avatar_id", "")
-    if not value:
-        raise ApiError(400, "missing field 'avatar_id'")
-    if not AVATAR_ID.fullmatch(value):
-        raise ApiError(400, f"field 'avatar_id' must be 1-64 letters, digits, '_' or '-', got {shown(value)}")
-    return value
-
-
-def check_options_belong(fields: dict[str, str], model: str) -> None:
-    for other, names in OPTIONS.items():
-        for name in names:
-            if other != model and fields.get(name, "").strip():
-                raise ApiError(400, f"field '{name}' is an option of model {other}, not of {model}; "
-                                    f"{model}'s are: {', '.join(OPTIONS[model])}")
-
-
-def model_options(fields: dict[str, str], model: str) -> dict[str, Any]:
-    """The validated genavatar options of `model` (ultralight's checkpoint is checked apart)."""
-    check_options_belong(fields, model)
-    if model == "portrait":
-        return {"size": parse_int(fields, "size", 512, 64, 2048)}
-    if model == "wav2lip":
-        return {"img_size": parse_int(fields, "img_size", 256, 16, 1024), "pads": parse_pads(fields),
-                "nosmooth": parse_bool(fields, "nosmooth")}
-    if model == "musetalk":
-        return {"bbox_shift": parse_int(fields, "bbox_shift", 0, -200, 200),
-                "extra_margin": parse_int(fields, "extra_margin", 10, 0, 200),
-                "parsing_mode": parse_choice(fields, "parsing_mode", PARSING_MODES)}
-    return {}
-
-
-def json_fields(body: dict[str, Any]) -> dict[str, str]:
-    """A JSON body's fields as the form's strings (true -> "true", [0, 10, 0, 0] -> "0 10 0 0")."""
-    fields: dict[str, str] = {}
-    for key, value in list(body.items())[:MAX_FIELDS]:
-        if isinstance(value, bool):
-            fields[key] = "true" if value else "false"
-        elif isinstance(value, list):
-            fields[key] = " ".join(str(v) for v in value)
-        elif value is not None:
-            fields[key] = str(value)
-    return fields
-
-
-# --- files -------------------------------------------------------------------------------------
-def inside(root: Path, value: str, what: str) -> Path:
-    """`value` (relative to `root`, or absolute) as a real path inside `root`, symbolic links
-    followed before the check; 400 otherwise."""
-    if not value or "\x00" in value:
-        raise ApiError(400, f"field '{what}' is empty")
-    real_root = root.resolve()
-    path = (real_root / value).resolve()
-    if not path.is_relative_to(real_root):
-        raise ApiError(400, f"field '{what}' must name a file inside --avatar_video_dir, got {shown(value)}")
-    if not path.is_file():
-        raise ApiError(400, f"field '{what}': no file {shown(value)} in --avatar_video_dir")
-    return path
-
-
-def sniff(head: bytes) -> str | None:
-    """The suffix to read a file by, from its first bytes; None: neither a video nor an image."""
-    if head[:4] == b"RIFF":
-        return RIFF_KINDS.get(head[8:12])
-    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
-        return ".ts"  # MPEG transport stream: a sync byte every 188 bytes
-    for offset, signature, suffix in SIGNATURES:
-        if head[offset : offset + len(signature)] == signature:
-            return suffix
-    return None
-
-
-def probe(path: Path, shown_as: str) -> tuple[str, int | None]:
-    """Check that `path` is a video or image with a readable frame (blocking: off the loop);
-    its kind by signature and the frame count if known. AvatarError says what is wrong."""
-    with path.open("rb") as f:
-        head = f.read(SNIFF_BYTES)
-    kind = sniff(head)
-    if kind is None:
-        raise AvatarError(f"{shown_as} is neither a video nor an image (its content is not a known format)")
-    frames, count = read_frames(path)
-    first_of(frames)
-    return kind, count
-
-
-def first_of(frames: Iterator[np.ndarray]) -> np.ndarray | None:
-    """The first frame; a video's reader is closed after it (which releases its decoder: a
-    generator that never started would keep it until collected)."""
-    frame = next(frames, None)
-    close = getattr(frames, "close", None)  # an image's frames are a plain iterator
-    if close is not None:
-        close()
-    return frame
-
-
-def with_kind(path: Path, kind: str) -> Path:
-    """An upload renamed to the suffix its content has: read_frames reads images by suffix."""
-    target = path.with_suffix(kind)
-    path.rename(target)
-    return target
-
-
 def remove_file(path: Path | None) -> None:
     if path is not None:
         with contextlib.suppress(FileNotFoundError):
@@ -358,12 +169,6 @@ def first_frame(folder: Path) -> Path | None:
         return None
     images = sorted(p for p in frames.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.is_file())
     return images[0] if images else None
-
-
-def url_for_log(url: str) -> str:
-    """A webhook's address without its query or user info (either may carry a secret)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 # --- the makers, on the worker thread ----------------------------------------------------------
@@ -421,7 +226,7 @@ BUILDERS = {"wav2lip": build_wav2lip, "musetalk": build_musetalk, "ultralight": 
 
 
 class AvatarTasks:
-    """The task queue, its worker thread, the webhook senders and the HTTP handlers."""
+    """The task queue, its worker thread, its webhooks and the HTTP handlers."""
 
     def __init__(self, opt: argparse.Namespace, model_name: str) -> None:
         self.opt = opt
@@ -441,9 +246,7 @@ class AvatarTasks:
         self._queue: queue.Queue[AvatarTask | None] = queue.Queue()  # bounded by MAX_PENDING in submit
         self._worker: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._http: aiohttp.ClientSession | None = None
-        self._outbox: dict[str, asyncio.Queue[dict[str, Any]]] = {}
-        self._senders: set[asyncio.Task] = set()
+        self._webhooks = Webhooks("avatar task")
         self._uploads = 0
         self._closing = False
 
@@ -460,7 +263,7 @@ class AvatarTasks:
         if self.upload_parent:
             Path(self.upload_parent).mkdir(parents=True, exist_ok=True)
         self.upload_dir = Path(tempfile.mkdtemp(prefix="livetalking-avatar-uploads-", dir=self.upload_parent))
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=NOTIFY_TIMEOUT_S))
+        self._webhooks.start()
         self._worker = threading.Thread(target=self._work, name="avatar-tasks", daemon=True)
         self._worker.start()
 
@@ -475,13 +278,7 @@ class AvatarTasks:
         self._queue.put(None)
         if self._worker is not None and self._worker.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, self._worker.join, STOP_WAIT_S)
-        if self._senders:
-            await asyncio.wait(list(self._senders), timeout=NOTIFY_FLUSH_S)
-            for sender in list(self._senders):
-                sender.cancel()
-        http, self._http = self._http, None  # no new notification starts from here on
-        if http is not None:
-            await http.close()
+        await self._webhooks.close()
         if self.upload_dir is not None:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
 
@@ -536,7 +333,7 @@ class AvatarTasks:
     async def preview(self, request: web.Request) -> web.StreamResponse:
         """The first frame of an avatar under the avatar root, as the file it is (PNG or JPEG)."""
         name = request.match_info["avatar_id"]
-        if not AVATAR_ID.fullmatch(name):
+        if not NAME.fullmatch(name):
             raise ApiError(400, f"an avatar id is 1-64 letters, digits, '_' or '-', got {shown(name)}")
         root = self.root.resolve()
         folder = (root / name).resolve()
@@ -832,25 +629,16 @@ class AvatarTasks:
                 self._loop.call_soon_threadsafe(self._publish, task, snapshot)
 
     def _publish(self, task: AvatarTask, snapshot: dict[str, Any]) -> None:
-        if snapshot["status"] in FINISHED:
+        status = snapshot["status"]
+        if status in FINISHED:
             task.ended.set()
-            if snapshot["status"] == COMPLETED:
+            if status == COMPLETED:
                 self._tell_built(task.avatar_id)
-        if task.notifyurl is None or self._http is None:
+        if task.notifyurl is None:
             return
-        outbox = self._outbox.get(task.task_id)
-        if outbox is None:
-            outbox = self._outbox[task.task_id] = asyncio.Queue(NOTIFY_QUEUE)
-            sender = asyncio.ensure_future(self._send_all(task.task_id, task.notifyurl, outbox))
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
-        if snapshot["status"] == RUNNING and snapshot["progress"] > 0 and outbox.qsize() >= NOTIFY_QUEUE // 2:
-            return  # a slow receiver: progress can be skipped, status changes cannot
-        try:
-            outbox.put_nowait(snapshot)
-        except asyncio.QueueFull:
-            log.warning("avatar task %s: webhook queue full; a %s notification is dropped", task.task_id,
-                        snapshot["status"])
+        # A slow receiver may miss a progress notification, never a status change.
+        self._webhooks.send(task.task_id, task.notifyurl, snapshot, what=status, last=status in FINISHED,
+                            droppable=status == RUNNING and snapshot["progress"] > 0)
 
     def _tell_built(self, avatar_id: str) -> None:
         for listener in self.on_built:
@@ -858,39 +646,6 @@ class AvatarTasks:
                 listener(avatar_id)
             except Exception:
                 log.exception("avatar %s: a listener of new avatars failed", avatar_id)
-
-    async def _send_all(self, task_id: str, url: str, outbox: asyncio.Queue[dict[str, Any]]) -> None:
-        """One task's notifications, one after another (so in order), until its last."""
-        try:
-            while True:
-                snapshot = await outbox.get()
-                await self._deliver(task_id, url, snapshot)
-                if snapshot["status"] in FINISHED:
-                    return
-        finally:
-            self._outbox.pop(task_id, None)
-
-    async def _deliver(self, task_id: str, url: str, snapshot: dict[str, Any]) -> bool:
-        body = json.dumps(snapshot).encode()
-        headers = {"Content-Type": "application/json"}
-        for attempt in range(NOTIFY_TRIES):
-            if attempt:
-                await asyncio.sleep(NOTIFY_BACKOFF_S * 2 ** (attempt - 1))
-            http = self._http
-            if http is None:
-                return False  # shut down
-            try:
-                async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        return True
-                    why = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                why = type(exc).__name__
-            log.info("avatar task %s: webhook %s try %d/%d failed (%s)", task_id, url_for_log(url), attempt + 1,
-                     NOTIFY_TRIES, why)
-        log.warning("avatar task %s: the %s notification to %s was not delivered", task_id, snapshot["status"],
-                    url_for_log(url))
-        return False
 
 
 async def read_small(part: Any, name: str) -> bytes:

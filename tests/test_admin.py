@@ -448,3 +448,45 @@ def test_the_admin_page_asks_for_the_token_once_and_ends_a_session(guarded):
         finally:
             browser.close()
     assert asked == ["This server needs its admin token:"]
+
+
+def test_the_avatar_page_asks_for_the_admin_token_once_and_shows_the_new_avatar(tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (./setup.sh --dev)")
+    from avatar_folders import FRAME, PORTRAIT
+
+    from test_page import CHROMIUM_ARGS
+
+    shutil.copytree(PORTRAIT, tmp_path / PORTRAIT.name)
+    srv = RunningServer(["--admin_token", ADMIN, "--avatar_root", str(tmp_path), "--asr", "off",
+                         "--avatar_upload_dir", str(tmp_path)])
+    asked: list[str] = []
+    try:
+        with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+            browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
+                                                            args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+
+                def answer(dialog) -> None:
+                    asked.append(dialog.message)
+                    dialog.accept(ADMIN)
+
+                page.on("dialog", answer)
+                page.goto(srv.url + "/avatar.html")
+                page.set_input_files("#video_file", str(PORTRAIT / FRAME))
+                page.fill("#avatar_id", "with_token")
+                page.select_option("#model", "portrait")
+                page.fill("#size", "128")
+                page.click("#create")
+                page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
+                assert page.locator("#bar").get_attribute("value") == "100"
+                width = page.evaluate("document.querySelector('#preview').naturalWidth")
+            finally:
+                browser.close()
+    finally:
+        srv.stop()
+    assert width == 128 and (tmp_path / "with_token" / "full_imgs").is_dir()
+    assert len(asked) == 1 and "admin token" in asked[0]

@@ -477,7 +477,7 @@ def test_the_page_uploads_a_video_and_shows_progress_and_the_preview(srv, folder
 
 
 def test_containers_are_told_from_other_files_by_their_first_bytes():
-    from avatar_tasks import sniff
+    from avatar_fields import sniff
 
     assert sniff(PORTRAIT.read_bytes()[:512]) == ".png"
     assert sniff(b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100) == ".mp4"
