@@ -561,8 +561,14 @@ class LiveTalking:
             except LLMError:
                 return None
 
+        def publish(event: dict) -> None:
+            heard = event.get("status") == "transcript" and event.get("final") and event.get("text")
+            if heard and getattr(self.inputs.get(sessionid), "mode", "off") != "off":
+                session.reply_requested()  # a question heard: its answer's latency runs from here
+            hub.publish(event)
+
         hooks = Hooks(interrupt=lambda: self._interrupt(session), say=say, ask=ask, speculate=speculate,
-                      publish=hub.publish)
+                      publish=publish)
         default = self.opt.asr_mode or ("chat" if self.llm is not None else "echo")
         listening = VoiceInput(
             sessionid, self.stt, hooks, session.player, mode=mode or default, barge_in=self.opt.barge_in == "on",

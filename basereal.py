@@ -46,6 +46,7 @@ MODEL_ROOT = PROJECT_DIR / "models"
 # enough that speech reaches the wire quickly (each unit is 40 ms of latency).
 PLAYER_SLACK_UNITS = 2
 STATS_INTERVAL_S = 5.0
+REPLY_WAIT_S = 60.0  # speech starting later than this after a request is not its reply
 MAX_BATCH_WAIT_S = 60.0  # how long closing waits for a batch being rendered
 WARM_UP_CONTEXT = 10  # audio frames each side of the warm-up's one video frame (the -l/-r default)
 
@@ -330,14 +331,19 @@ class BaseReal:
                 # speaking, start, ..., end, idle, as the listener hears it.
                 self._on_event({"status": "speaking", "speaking": frame.speech})
         if frame.speech and self._reply_asked is not None and any(e.get("status") == "start" for e in frame.events):
-            self.last_reply_latency_s = time.monotonic() - self._reply_asked
-            self._reply_asked = None
-            if self.on_reply_latency is not None:
-                self.on_reply_latency(self.last_reply_latency_s)
+            self._reply_started(time.monotonic() - self._reply_asked)
         for event in frame.events:
             log.info("session %s %s: %s", self.sessionid, event.get("status"), shown(event.get("text", ""), 80))
             if self._on_event is not None:
                 self._on_event(event)
+
+    def _reply_started(self, latency: float) -> None:
+        self._reply_asked = None
+        if latency > REPLY_WAIT_S:
+            return  # not the reply of that request: it got none (a chat that failed)
+        self.last_reply_latency_s = latency
+        if self.on_reply_latency is not None:
+            self.on_reply_latency(latency)
 
     # --- feeder thread: audio and features at the pace of playback ------------------------
     def _feed_loop(self) -> None:

@@ -77,9 +77,12 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken(voice_server, fake
             start = await sse.wait_for(lambda e: e["status"] == "start", 30)
             await sse.wait_for(lambda e: e["status"] == "end", 30)
             heard = loud_after(peer, start["_at"] - 0.5)
-            return sse.events, final, heard, voice_server.live.inputs[peer.sessionid].describe()
+            replied = voice_server.live.sessions[peer.sessionid].last_reply_latency_s
+            return sse.events, final, heard, voice_server.live.inputs[peer.sessionid].describe(), replied
 
-    events, final, heard, stats = asyncio.run(scenario())
+    events, final, heard, stats, replied = asyncio.run(scenario())
+    # The admin's "time to first audio of the last reply" counts from the question heard.
+    assert replied is not None and replied > 0
     kinds = [e["status"] for e in events]
     assert kinds.index("listening") < kinds.index("transcript")
     listening = next(e for e in events if e["status"] == "listening")
