@@ -248,6 +248,11 @@ class Stage:
         playing = self._playing
         return None if playing is None else playing.clip.audiotype
 
+    def resting(self, base: Renderer) -> Look:
+        """What shows at rest before any frame is fed (the poster): the idle clip, else the avatar."""
+        idle = self.clips.get(IDLE_AUDIOTYPE)
+        return (self.renderer_for(idle), 0, False) if idle is not None else (base, 0, False)
+
     def looks(self, units: Sequence[Any], first: int, base: Renderer) -> list[Look]:
         """The look of each of `units` (session frames first, first+1, ...)."""
         with self._lock:

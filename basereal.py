@@ -207,7 +207,8 @@ class BaseReal:
     def start(self) -> None:
         self._started = True
         # The avatar at rest is on screen from the first packet, before any batch is rendered.
-        self.player.poster = self.renderer.idle_frame(0)
+        renderer, index, _ = self.stage.resting(self.renderer)
+        self.player.poster = renderer.idle_frame(index)
         self.tts.start()
         for thread, _ in self._threads:
             thread.start()

@@ -234,7 +234,7 @@ def test_background_sessions_and_session_0(server):
     assert answers["unknown field"][0] == 400 and "avatars" in answers["unknown field"][1]
     assert answers["unknown output"][0] == 400 and "record" in answers["unknown output"][1]
     assert answers["bad outputs"][0] == 400
-    assert answers["wrong avatar"][0] == 400 and "not loaded" in answers["wrong avatar"][1]
+    assert answers["wrong avatar"][0] == 400 and "no avatar 'someone_else'" in answers["wrong avatar"][1]
     assert answers["no url"][0] == 400 and "url" in answers["no url"][1]
     assert answers["no background"][0] == 404
     assert answers["alias"] == (200, False)
