@@ -153,9 +153,10 @@ NOTES = [
     "  Silero needs ~100 ms to rate a fricative onset (\"Stop\") as speech, which is the rest.",
     "- Avatars and actions (bench/avatars.py): one idle WebRTC viewer of a portrait session; a frame",
     "  is told apart by the colour of its face (tinted copies of the astronaut, a blue clip). The",
-    "  frames already rendered ahead of playback showed the old look first: 268 ms to the new",
-    "  avatar and 243 ms to a clip's first frame, the same day, before a change of look was allowed",
-    "  to drop the idle frames queued (as speech does); speaking frames are never dropped, so a switch",
+    "  frames already rendered ahead of playback showed the old look first: 271 ms to the new",
+    "  avatar and 235 ms to a clip's first frame (the same hour, idle machine; after: 112 and 89 ms",
+    "  on the run before this one) before a change of look could drop the idle frames queued for",
+    "  playback (as speech does); speaking frames are never dropped, so a switch",
     "  while speaking shows after the frames queued with their sound.",
 ]
 
