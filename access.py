@@ -253,6 +253,11 @@ class AdminGuard(_Gate):
     def _guards(self, pattern: str) -> bool:
         return pattern in self.paths
 
+    def _allowed(self, origin: str) -> bool:
+        # Without an admin token the only credential is being on this machine, which every page
+        # open in its browser shares: no other origin may call, whatever --cors_origins says.
+        return self._token is not None and super()._allowed(origin)
+
     def _refusal(self, request: web.Request) -> web.Response | None:
         if self._token is not None:
             if self._authorized(request):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 IDLE_AUDIOTYPE = 1  # upstream's "silent" state: its clip is the idle loop
 MAX_CLIPS = 32
 MAX_CLIP_FRAMES = 3000  # 2 minutes at 25 fps: a clip is held in memory whole
+MAX_REQUEST_FRAMES = 3000  # plain frames one request's custom_config may add in all
+MAX_CACHED_FRAMES = 3000  # plain frames of requests' clips kept loaded for later sessions
 MAX_CLIP_AUDIO_BYTES = 64 << 20
 MAX_CLIP_AUDIO_SECONDS = 300.0
 MAX_CONFIG_BYTES = 256 * 1024
@@ -66,12 +69,14 @@ class Clip:
 
 
 class FramesRenderer(Renderer):
-    """A clip of plain images: no mouth to move, every frame is shown as it is."""
+    """A clip of plain images: no mouth to move, every frame is shown as it is, fitted to the
+    session's frame size when its avatar has another."""
 
     lip_sync = False
 
-    def __init__(self, frames: Sequence[np.ndarray]) -> None:
+    def __init__(self, frames: Sequence[np.ndarray], size: tuple[int, int] | None = None) -> None:
         self.frames = frames
+        self.size = size  # (width, height)
 
     def infer(self, feats: np.ndarray, indices: Sequence[int]) -> Sequence[Any]:
         return list(indices)
@@ -80,7 +85,32 @@ class FramesRenderer(Renderer):
         return self.idle_frame(index)
 
     def idle_frame(self, index: int) -> np.ndarray:
-        return self.frames[mirror_index(index, len(self.frames))]
+        frame = self.frames[mirror_index(index, len(self.frames))]
+        if self.size is not None and frame.shape[1::-1] != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        return frame
+
+
+class FramesCache:
+    """Requests' plain clips by folder, shared by the sessions that name the same one, at most
+    `max_frames` frames in all (the least recently used go first; a session keeps its own)."""
+
+    def __init__(self, max_frames: int = MAX_CACHED_FRAMES) -> None:
+        self.max_frames = max_frames
+        self._frames: OrderedDict[Path, list[np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, folder: Path, load: Callable[[Path], list[np.ndarray]]) -> list[np.ndarray]:
+        with self._lock:
+            if folder in self._frames:
+                self._frames.move_to_end(folder)
+                return self._frames[folder]
+        frames = load(folder)
+        with self._lock:
+            self._frames[folder] = frames
+            while sum(len(f) for f in self._frames.values()) > self.max_frames and len(self._frames) > 1:
+                self._frames.popitem(last=False)
+        return frames
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -133,14 +163,24 @@ class ClipLoader:
     lie in (entries from a request), else any path (the operator's own config file)."""
 
     def __init__(self, model: LipModel, frame_size: tuple[int, int], base: Path,
-                 roots: Sequence[Path] | None = None) -> None:
+                 roots: Sequence[Path] | None = None, avatars: Any = None,
+                 frames_cache: FramesCache | None = None) -> None:
         self.model = model
         self.frame_size = frame_size  # (width, height) plain frames are fitted to
         self.base = base  # relative paths are relative to it
         self.roots = None if roots is None else [Path(r).resolve() for r in roots]
+        # A request's clips: avatar folders come from the shared avatar cache, plain frames
+        # from a shared bounded cache, so no request can load the same folder many times over.
+        self.avatars = avatars
+        self.frames_cache = frames_cache
 
     def load_all(self, entries: list[dict]) -> dict[int, Clip]:
-        return {e["audiotype"]: self.load(e) for e in entries}
+        clips = {e["audiotype"]: self.load(e) for e in entries}
+        plain = sum(c.length for c in clips.values() if c.frames is not None)
+        if self.roots is not None and plain > MAX_REQUEST_FRAMES:
+            raise ClipError(f"custom_config's clips have {plain} frames in all; a request may add at most "
+                            f"{MAX_REQUEST_FRAMES}")
+        return clips
 
     def _path(self, value: str, what: str) -> Path:
         path = Path(value)
@@ -158,11 +198,10 @@ class ClipLoader:
         audio = self._audio(entry["audiopath"], audiotype) if "audiopath" in entry else None
         try:
             if (folder / "full_imgs").is_dir():  # every model's avatar folders have one
-                avatar = self.model.load_avatar(folder)
-                length = _avatar_length(avatar)
-                clip = Clip(audiotype, str(folder), length, avatar=avatar, audio=audio)
+                avatar = self._avatar(folder, entry["imgpath"])
+                clip = Clip(audiotype, str(folder), _avatar_length(avatar), avatar=avatar, audio=audio)
             else:
-                frames = self._frames(folder)
+                frames = self.frames_cache.get(folder, self._frames) if self.frames_cache else self._frames(folder)
                 clip = Clip(audiotype, str(folder), len(frames), frames=frames, audio=audio)
         except (FileNotFoundError, ValueError) as exc:
             raise ClipError(f"audiotype {audiotype}: {exc}") from None
@@ -170,6 +209,14 @@ class ClipLoader:
                  " (an avatar: lip-synced)" if clip.avatar is not None else "",
                  f", {len(audio) / 16000:.1f} s of sound" if audio is not None else "")
         return clip
+
+    def _avatar(self, folder: Path, given: str) -> Any:
+        if self.avatars is None:
+            return self.model.load_avatar(folder)
+        if folder.parent != Path(self.avatars.root).resolve():
+            raise ClipError(f"imgpath {given!r} is an avatar folder outside the avatar root; a request's clip "
+                            "may only be an avatar of the root (loaded once for every session) or plain images")
+        return self.avatars.get(folder.name)
 
     def _frames(self, folder: Path) -> list[np.ndarray]:
         paths = numbered_images(folder)

@@ -277,6 +277,7 @@ class LiveTalking:
         self.avatars = AvatarCache(self.model, self.avatar_root, opt.avatar_id, opt.max_avatars)
         self.frame_size = self.model.renderer(0).idle_frame(0).shape[1::-1]
         self.clips: dict[int, actions.Clip] = {}  # --customvideo_config's, for every session
+        self.request_frames = actions.FramesCache()  # requests' plain clips, shared
         if opt.customvideo_config:
             path = Path(opt.customvideo_config)
             loader = actions.ClipLoader(self.model, self.frame_size, Path.cwd())
@@ -355,7 +356,8 @@ class LiveTalking:
     def request_clips(self, entries: list[dict]) -> dict[int, actions.Clip]:
         """A request's clips: files under the avatar root or --customvideo_dir only."""
         roots = [self.avatar_root, Path(self.opt.customvideo_dir)]
-        return actions.ClipLoader(self.model, self.frame_size, PROJECT_DIR, roots).load_all(entries)
+        loader = actions.ClipLoader(self.model, self.frame_size, PROJECT_DIR, roots, self.avatars, self.request_frames)
+        return loader.load_all(entries)
 
     def get_session(self, value: Any) -> BaseReal:
         sessionid = self.resolve_sessionid(value)
@@ -738,6 +740,9 @@ class LiveTalking:
         body = await read_json(request)
         session = self.get_session(body.get("sessionid"))
         audiotype = self._audiotype(session, body.get("audiotype"), "audiotype")
+        clip = session.stage.clips.get(audiotype)
+        if clip is not None and clip.audio is not None:
+            await self._interrupt(session)  # its sound replaces the speech, and the answer in flight
         session.play_action(audiotype, extra_fields(body, {"sessionid", "audiotype", "reinit"}))
         return ok({"audiotype": audiotype})
 

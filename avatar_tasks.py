@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ultralight's checkpoint) (default: none, uploads only)")
     parser.add_argument("--avatar_upload_mb", type=float, default=200,
                         help="largest video or image POST /api/avatar/task takes (default 200)")
+    parser.add_argument("--avatar_upload_timeout", type=float, default=1800.0,
+                        help="seconds an avatar task's upload may take to arrive (default 1800: 200 MB "
+                             "at 1 Mbit/s)")
     parser.add_argument("--avatar_upload_dir", default=None,
                         help="where uploads for avatar tasks wait for their task (default: the system's "
                              "temporary folder)")
@@ -127,6 +130,7 @@ class AvatarTask:
     upload: Path | None  # our temporary copy, removed when the task ends
     overwrite: bool
     notifyurl: str | None
+    checkpoint: Path | None = None  # ultralight's network, as a server path (never shown)
     created_at: float = field(default_factory=time.time)
     status: str = PENDING
     progress: int = 0
@@ -219,7 +223,8 @@ def build_ultralight(task: AvatarTask, out_dir: Path, hook: Callable[[str, int, 
                      opt: argparse.Namespace) -> None:
     from ultralight.genavatar import make_avatar
 
-    make_avatar(str(task.source), out_dir, Path(task.options["checkpoint"]), progress=False, hook=hook)
+    assert task.checkpoint is not None  # checked when the task was made
+    make_avatar(str(task.source), out_dir, task.checkpoint, progress=False, hook=hook)
 
 
 BUILDERS = {"wav2lip": build_wav2lip, "musetalk": build_musetalk, "ultralight": build_ultralight}
@@ -237,7 +242,7 @@ class AvatarTasks:
         self.upload_limit = int(float(getattr(opt, "avatar_upload_mb", 200)) * 2**20)
         if self.upload_limit <= 0:
             raise ValueError("--avatar_upload_mb must be more than 0")
-        self.upload_timeout = float(getattr(opt, "upload_timeout", 60.0))
+        self.upload_timeout = float(getattr(opt, "avatar_upload_timeout", 1800.0))
         self.upload_parent = getattr(opt, "avatar_upload_dir", None)
         self.upload_dir: Path | None = None
         self.tasks: OrderedDict[str, AvatarTask] = OrderedDict()
@@ -380,8 +385,11 @@ class AvatarTasks:
         avatar_id = parse_avatar_id(fields)
         overwrite = parse_bool(fields, "overwrite")
         options = model_options(fields, model)
+        checkpoint = None
         if model == "ultralight":
-            options["checkpoint"] = str(self._checkpoint(fields.get("checkpoint", "").strip()))
+            given = fields.get("checkpoint", "").strip()
+            checkpoint = self._checkpoint(given)
+            options["checkpoint"] = given or "the running avatar's"  # answers never show server paths
         notifyurl = parse_notifyurl(fields)
         self._check_free(avatar_id, overwrite)
         source, shown_as = self._source(fields, upload, filename)
@@ -393,7 +401,8 @@ class AvatarTasks:
             raise ApiError(400, f"cannot read {shown_as}: {exc.strerror or exc}") from None
         if upload is not None:
             source = upload = holder["upload"] = await offload(request, with_kind, upload, kind)
-        task = AvatarTask(uuid.uuid4().hex, avatar_id, model, options, source, shown_as, upload, overwrite, notifyurl)
+        task = AvatarTask(uuid.uuid4().hex, avatar_id, model, options, source, shown_as, upload, overwrite, notifyurl,
+                          checkpoint)
         self._enqueue(task)
         log.debug("avatar task %s: %s, %s frames", task.task_id, kind, count or "unknown")
         return task
@@ -460,8 +469,8 @@ class AvatarTasks:
                 return await self._read_parts(request, state)
         except TimeoutError:
             remove_file(state["upload"])
-            raise ApiError(408, f"the upload did not arrive within {self.upload_timeout:g} s (--upload_timeout)") \
-                from None
+            raise ApiError(408, f"the upload did not arrive within {self.upload_timeout:g} s "
+                                "(--avatar_upload_timeout)") from None
         except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
             remove_file(state["upload"])
             raise ApiError(400, f"not a multipart form: {shown(str(exc), 80)}") from None

@@ -50,6 +50,7 @@ class AvatarCache:
         self._lock = threading.Lock()  # guards _loaded and _loading
         self._loading: dict[str, threading.Lock] = {}  # one load at a time per name
         self.loads = 0  # folders read from disk, for tests and the admin
+        self._generation = 0  # bumped by forget(): a load begun before it is not cached
 
     def folder(self, name: str) -> Path:
         """The folder of avatar `name`, refused unless it is a folder inside the root (a
@@ -58,15 +59,8 @@ class AvatarCache:
         root = self.root.resolve()
         path = (self.root / name).resolve()
         if path.parent != root or not path.is_dir():
-            known = self.names()
-            raise AvatarRefused(f"no avatar '{name}' in {self.root} (have: {', '.join(known[:20]) or 'none'})")
+            raise AvatarRefused(f"no avatar '{name}' among this server's avatar folders (--avatar_root)")
         return path
-
-    def names(self) -> list[str]:
-        """The avatar folders under the root (not checked to be this model's)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.fullmatch(p.name))
 
     def get(self, name: str) -> Any:
         """The loaded avatar `name`; AvatarRefused when it is not one of this model's."""
@@ -82,13 +76,17 @@ class AvatarCache:
             with self._lock:
                 if name in self._loaded:
                     return self._loaded[name]
+                generation = self._generation
             try:
                 avatar = self._load(name)
-            finally:
+            except BaseException:
                 with self._lock:
                     self._loading.pop(name, None)
-            with self._lock:
-                self._loaded[name] = avatar
+                raise
+            with self._lock:  # cached and no longer loading at once: no caller loads it twice
+                self._loading.pop(name, None)
+                if generation == self._generation:  # else a folder was replaced while it loaded
+                    self._loaded[name] = avatar
                 while len(self._loaded) > self.capacity:
                     evicted, _ = self._loaded.popitem(last=False)
                     log.info("avatar %s left the cache (--max_avatars %d)", evicted, self.capacity)
@@ -100,7 +98,8 @@ class AvatarCache:
         try:
             avatar = self.model.load_avatar(folder)
         except (FileNotFoundError, ValueError, OSError) as exc:
-            raise AvatarRefused(f"avatar '{name}' is not a {self.model.name} avatar: {exc}") from None
+            why = str(exc).replace(str(folder), name)  # a caller learns no server paths
+            raise AvatarRefused(f"avatar '{name}' is not a {self.model.name} avatar: {why}") from None
         self.loads += 1
         log.info("avatar %s loaded for %s in %.1fs", name, self.model.name, time.perf_counter() - started)
         return avatar
@@ -109,6 +108,7 @@ class AvatarCache:
         """Drop a cached avatar whose folder was replaced (sessions showing it keep their copy)."""
         with self._lock:
             self._loaded.pop(name, None)
+            self._generation += 1
 
     def cached(self) -> list[str]:
         with self._lock:

@@ -240,6 +240,8 @@ class BaseReal:
         """Show another avatar from the next batch of frames fed; the sound goes on as it was."""
         self.renderer = self.model.renderer(self.sessionid, avatar)
         self.avatar, self.avatar_id = avatar, avatar_id
+        self.player.poster = self.renderer.idle_frame(0)  # outputs started from now on take its size
+        self._clip_renderers.clear()  # plain clips are fitted to the new size
         self._look_changed()
         log.info("session %s now shows avatar %s", self.sessionid, avatar_id)
 
@@ -268,7 +270,9 @@ class BaseReal:
             if clip.avatar is not None:
                 renderer = self.model.renderer(self.sessionid, clip.avatar)
             else:
-                renderer = FramesRenderer(clip.frames)
+                poster = self.player.poster
+                size = (poster if poster is not None else self.renderer.idle_frame(0)).shape[1::-1]
+                renderer = FramesRenderer(clip.frames, size)
             self._clip_renderers[id(clip)] = renderer
         return renderer
 

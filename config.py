@@ -429,4 +429,7 @@ def _show(value: str) -> str:
 
 
 def _one_line(exc: yaml.YAMLError) -> str:
-    return " ".join(str(exc).split())
+    """What is wrong and where, without the line itself: it may hold a secret."""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

@@ -234,3 +234,51 @@ def test_unknown_actions_and_bad_clips_are_refused_with_their_names(action_serve
                                                             "--capacity", "1"]))
         assert "bad.json" in str(refused.value) or "nowhere" in str(refused.value) or "00000000.png" in str(
             refused.value), refused.value
+
+
+def test_a_requests_clips_are_loaded_once_and_bounded(tmp_path):
+    root, clip_dir = tmp_path / "avatars", tmp_path / "customvideo"
+    tinted_portrait(root, "portrait_astronaut", (1.0, 1.0, 1.0))
+    tinted_portrait(root, "pointing", (0.5, 1.5, 0.5))
+    tinted_portrait(clip_dir, "stray_avatar", (1.5, 0.5, 0.5))
+    colour_clip(clip_dir / "wave", BLUE, 10)
+    colour_clip(clip_dir / "long", GREEN, 200)
+    srv = RunningServer(["--avatar_root", str(root), "--customvideo_dir", str(clip_dir), "--asr", "off"])
+
+    def entries(folder, n):
+        return [{"audiotype": 2 + i, "imgpath": str(folder)} for i in range(n)]
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            opened = []
+            for _ in range(2):
+                status, reply = await post_json(http, srv.url + "/session", {"custom_config": [
+                    *entries(clip_dir / "wave", 30), {"audiotype": 99, "imgpath": str(root / "pointing")}]})
+                assert status == 200, reply
+                opened.append(reply["sessionid"])
+            refused = {
+                "too many frames": await post_json(http, srv.url + "/session",
+                                                   {"custom_config": entries(clip_dir / "long", 16)}),
+                "avatar elsewhere": await post_json(http, srv.url + "/session", {"custom_config": [
+                    {"audiotype": 2, "imgpath": str(clip_dir / "stray_avatar")}]}),
+            }
+            sessions = [srv.live.sessions[sid] for sid in opened]
+            for sid in opened:
+                async with http.delete(f"{srv.url}/session/{sid}"):
+                    pass
+            return sessions, refused
+
+    try:
+        sessions, refused = asyncio.run(scenario())
+        loads = srv.live.avatars.loads
+    finally:
+        srv.stop()
+    clips = [s.stage.clips for s in sessions]
+    # One copy of the frames for every clip and session naming the folder; the avatar clip
+    # comes from the avatar cache, loaded once.
+    assert len({id(c[k].frames) for c in clips for k in range(2, 32)}) == 1
+    assert clips[0][99].avatar is clips[1][99].avatar and loads == 1
+    for name, (status, reply) in refused.items():
+        assert status == 400, (name, reply)
+    assert "at most 3000" in refused["too many frames"][1]["msg"]
+    assert "outside the avatar root" in refused["avatar elsewhere"][1]["msg"]

@@ -490,3 +490,20 @@ def test_the_avatar_page_asks_for_the_admin_token_once_and_shows_the_new_avatar(
         srv.stop()
     assert width == 128 and (tmp_path / "with_token" / "full_imgs").is_dir()
     assert len(asked) == 1 and "admin token" in asked[0]
+
+
+def test_without_an_admin_token_no_other_origin_may_call_even_with_cors_origins_star():
+    # Every page open in a browser on the server's machine calls from loopback: without an admin
+    # token, a page from elsewhere must not read the settings or end sessions.
+    srv = RunningServer(["--asr", "off", "--cors_origins", "*"])
+    try:
+        status, body, headers = run(call(srv.url + "/api/admin/config", headers={
+            "Origin": "https://evil.example", "Host": f"localhost:{srv.port}"}))
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers, body
+        status, body, _ = run(call(srv.url + "/api/admin/config", headers={"Host": f"localhost:{srv.port}"}))
+        assert status == 200, body  # the machine's own call still answers
+        # The API itself still follows --cors_origins.
+        status, _, headers = run(call(srv.url + "/stats", headers={"Origin": "https://evil.example"}))
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://evil.example"
+    finally:
+        srv.stop()

@@ -158,6 +158,13 @@ def test_a_file_that_is_no_settings_is_refused(
     assert f"config file {cfg} {message}" in err
 
 
+def test_a_yaml_error_names_the_line_but_never_quotes_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write(tmp_path, "cfg.yaml", "listenport: 9123\nadmin_token: s3cr3t-value: x\n")
+    err = refused(capsys, ["--config", cfg])
+    assert "is not valid YAML" in err and "line 2" in err
+    assert "s3cr3t-value" not in err
+
+
 def test_a_missing_or_huge_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = str(tmp_path / "nowhere.yaml")
     assert f"config file {missing} not found" in refused(capsys, ["--config", missing])
