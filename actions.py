@@ -269,15 +269,42 @@ class _Playing:
 class Stage:
     """What one session shows per video frame: its avatar, or an action's clip.
 
-    `looks` runs on the feeder thread; `cue` and `stop` come from the event loop.
+    `looks` runs on the feeder thread; `play`, `cue`, `stop` and `refit` come from the event loop.
     """
 
     clips: dict[int, Clip]
-    renderer_for: Callable[[Clip], Renderer]  # the session's renderer of a clip
+    avatar_renderer: Callable[[Any], Renderer]  # the session's renderer of an avatar clip
+    frame_size: Callable[[], tuple[int, int]]  # the session's (width, height), plain clips fit it
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cue: Clip | None = None
     _stop: bool = False
     _playing: _Playing | None = None
+    _renderers: dict[int, Renderer] = field(default_factory=dict)  # per clip, made on first use
+
+    def renderer_for(self, clip: Clip) -> Renderer:
+        renderer = self._renderers.get(id(clip))
+        if renderer is None:
+            if clip.avatar is not None:
+                renderer = self.avatar_renderer(clip.avatar)
+            else:
+                renderer = FramesRenderer(clip.frames or [], self.frame_size())
+            self._renderers[id(clip)] = renderer
+        return renderer
+
+    def refit(self) -> None:
+        """The session's avatar changed: plain clips are fitted to its size from now on."""
+        self._renderers.clear()
+
+    def play(self, audiotype: int) -> np.ndarray | None:
+        """Upstream's /set_audiotype: 1 returns to the idle loop, a clip without sound is cued;
+        a clip's sound is returned for the session to speak (the clip follows its start)."""
+        if audiotype == IDLE_AUDIOTYPE:
+            self.stop()
+            return None
+        clip = self.clips[audiotype]
+        if clip.audio is None:
+            self.cue(clip)
+        return clip.audio
 
     def cue(self, clip: Clip) -> None:
         """Play a clip without sound from the next frame fed, once."""

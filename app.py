@@ -43,6 +43,7 @@ from basereal import AVATAR_ROOT, PROJECT_DIR, BaseReal, EventCallback, LipModel
 from chat import Conversation
 from httpapi import (
     CONTROL_POOL,
+    FILENAME_LIMIT,
     ApiError,
     extra_fields,
     offload,
@@ -50,6 +51,7 @@ from httpapi import (
     optional_bool,
     parse_sessionid,
     read_json,
+    read_part,
     require_str,
 )
 from inputs import vad
@@ -91,7 +93,6 @@ UPLOADS_PER_ADDRESS = 2
 STREAMS_PER_ADDRESS = 16  # /sse listeners per address
 MAX_EVENT_STREAMS = 256  # /sse listeners in all
 UPLOAD_FIELD_LIMIT = 1024  # bytes of a form field other than the file
-FILENAME_LIMIT = 255
 TRIM_AFTER_BYTES = 1 << 20  # after an upload this big, freed heap is handed back to the system
 # /human fields of the API itself; any others are the caller's, echoed in the session's events.
 HUMAN_FIELDS = {"sessionid", "text", "type", "interrupt", "tts", "action"}
@@ -966,29 +967,16 @@ async def read_upload(request: web.Request, limit: int, timeout_s: float) -> tup
                 name = part.name or ""
                 if name == "file":
                     too_big = f"upload is larger than {limit / 2**20:g} MB (--max_upload_mb)"
-                    data = await _read_part(part, limit, too_big)
+                    data = await read_part(part, limit, too_big)
                     filename = clean_text(part.filename or "")[:FILENAME_LIMIT]
                 else:
-                    value = await _read_part(part, UPLOAD_FIELD_LIMIT, f"form field {shown(name)} is too long")
+                    value = await read_part(part, UPLOAD_FIELD_LIMIT, f"form field {shown(name)} is too long")
                     fields[clean_text(name)[:64]] = clean_text(value.decode("utf-8", "replace"))
     except TimeoutError:
         raise ApiError(408, f"the upload did not arrive within {timeout_s:g} s (--upload_timeout)") from None
     except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
         raise ApiError(400, f"not a multipart form: {shown(str(exc), 80)}") from None
     return fields, data, filename
-
-
-async def _read_part(part: Any, limit: int, too_big: str) -> bytes:
-    if not hasattr(part, "read_chunk"):
-        raise ApiError(400, "nested multipart forms are not accepted")
-    buf = bytearray()
-    while True:
-        chunk = await part.read_chunk(65536)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, too_big)
 
 
 def trim_memory() -> None:

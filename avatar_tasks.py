@@ -61,7 +61,7 @@ from avatar_fields import (
 )
 from avatars import NAME
 from basereal import AVATAR_ROOT, models_dir
-from httpapi import ApiError, offload, ok, read_body, read_json
+from httpapi import FILENAME_LIMIT, ApiError, offload, ok, read_body, read_json, read_part
 from safetext import clean_text, shown
 from webhooks import Webhooks
 
@@ -76,7 +76,6 @@ KEEP_FINISHED = 100  # finished tasks remembered for GET; the oldest are forgott
 MAX_UPLOADS = 2  # uploads arriving at once (each may fill --avatar_upload_mb of disk)
 AVATAR_NICE = 10  # below the renderers (5): a new avatar can wait, a live frame cannot
 FIELD_LIMIT = 2048 + 64  # bytes of a form field other than the file (a notifyurl fits)
-FILENAME_LIMIT = 255
 WRITE_BYTES = 1 << 20  # an upload reaches the disk in pieces this big, from the control pool
 CANCEL_WAIT_S = 10.0  # DELETE waits this long for a running task to stop at its next frame
 STOP_WAIT_S = 30.0  # shutdown waits this long for the worker's current frame
@@ -498,7 +497,8 @@ class AvatarTasks:
                 continue
             if len(fields) >= MAX_FIELDS:
                 raise ApiError(400, f"the form has more than {MAX_FIELDS} fields")
-            fields[name] = clean_text((await read_small(part, name)).decode("utf-8", "replace"))
+            value = await read_part(part, FIELD_LIMIT, f"form field {shown(name)} is too long")
+            fields[name] = clean_text(value.decode("utf-8", "replace"))
         return fields, state["upload"], filename
 
     async def _save_part(self, request: web.Request, part: Any, path: Path) -> None:
@@ -655,16 +655,6 @@ class AvatarTasks:
                 listener(avatar_id)
             except Exception:
                 log.exception("avatar %s: a listener of new avatars failed", avatar_id)
-
-
-async def read_small(part: Any, name: str) -> bytes:
-    """A form field other than the file, refused past FIELD_LIMIT bytes."""
-    buf = bytearray()
-    while chunk := await part.read_chunk(8192):
-        buf += chunk
-        if len(buf) > FIELD_LIMIT:
-            raise ApiError(413, f"form field {shown(name)} is too long")
-    return bytes(buf)
 
 
 def status_word(status: str) -> str:

@@ -177,9 +177,8 @@ class BaseReal:
         self.asr = model.make_asr(opt.l, opt.r)
         self.renderer = model.renderer(sessionid, avatar)
         self.avatar = avatar  # None: the model's own (--avatar_id)
-        self._clip_renderers: dict[int, Renderer] = {}  # per clip: this session's renderer of it
         self._restage = threading.Event()  # the look changed: queued idle frames are stale
-        self.stage = Stage(clips or {}, self._clip_renderer)
+        self.stage = Stage(clips or {}, lambda clip_avatar: model.renderer(sessionid, clip_avatar), self._frame_size)
         self.tts = BaseTTS(tts_engine, self.put_audio_frame, name=f"tts-{sessionid}", on_error=self._tts_error)
         self.player = HumanPlayer(self.batch_size + PLAYER_SLACK_UNITS, on_audio_sent=self._audio_sent)
         self.speaking = False
@@ -241,40 +240,23 @@ class BaseReal:
         self.renderer = self.model.renderer(self.sessionid, avatar)
         self.avatar, self.avatar_id = avatar, avatar_id
         self.player.poster = self.renderer.idle_frame(0)  # outputs started from now on take its size
-        self._clip_renderers.clear()  # plain clips are fitted to the new size
+        self.stage.refit()
         self._look_changed()
         log.info("session %s now shows avatar %s", self.sessionid, avatar_id)
 
     def play_action(self, audiotype: int, datainfo: dict | None = None) -> None:
         """Play the session's clip `audiotype` now (upstream's /set_audiotype): its sound,
         when it has one, interrupts what the avatar was saying; 1 returns to the idle loop."""
-        from actions import IDLE_AUDIOTYPE
-
-        if audiotype == IDLE_AUDIOTYPE:
-            self.stage.stop()
-            self._look_changed()
-            return
-        clip = self.stage.clips[audiotype]
-        if clip.audio is not None:
+        sound = self.stage.play(audiotype)
+        if sound is not None:
             self.interrupt()
-            self.say_audio(clip.audio, {**(datainfo or {}), "audiotype": audiotype, "action": audiotype})
+            self.say_audio(sound, {**(datainfo or {}), "audiotype": audiotype, "action": audiotype})
         else:
-            self.stage.cue(clip)
             self._look_changed()
 
-    def _clip_renderer(self, clip: Any) -> Renderer:
-        renderer = self._clip_renderers.get(id(clip))
-        if renderer is None:
-            from actions import FramesRenderer
-
-            if clip.avatar is not None:
-                renderer = self.model.renderer(self.sessionid, clip.avatar)
-            else:
-                poster = self.player.poster
-                size = (poster if poster is not None else self.renderer.idle_frame(0)).shape[1::-1]
-                renderer = FramesRenderer(clip.frames, size)
-            self._clip_renderers[id(clip)] = renderer
-        return renderer
+    def _frame_size(self) -> tuple[int, int]:
+        poster = self.player.poster
+        return (poster if poster is not None else self.renderer.idle_frame(0)).shape[1::-1]
 
     def reply_requested(self) -> None:
         """A reply was asked for now (its latency is timed from the first request)."""

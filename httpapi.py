@@ -116,6 +116,22 @@ async def read_json(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, 
     return await offload(request, decode_json_object, raw)
 
 
+FILENAME_LIMIT = 255  # characters of an uploaded file's name kept
+
+
+async def read_part(part: Any, limit: int, too_big: str) -> bytes:
+    """A multipart form part read as it arrives, refused with 413 `too_big` past `limit` bytes
+    (a nested form with 400)."""
+    if not hasattr(part, "read_chunk"):
+        raise ApiError(400, "nested multipart forms are not accepted")
+    buf = bytearray()
+    while chunk := await part.read_chunk(65536):
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, too_big)
+    return bytes(buf)
+
+
 def require_str(body: dict[str, Any], name: str, allow_empty: bool = False) -> str:
     if name not in body:
         raise ApiError(400, f"missing field '{name}'")

@@ -10,11 +10,12 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 import time
 
 import aiohttp
 import pytest
+from avatar_folders import FRAME, PORTRAIT
+from chromium import headless_page
 
 from conftest import LLM_ENV, RunningServer
 
@@ -410,82 +411,54 @@ def test_the_exposition_escapes_labels_and_refuses_bad_names():
 
 # --- the page ---------------------------------------------------------------------------------------
 def test_the_admin_page_asks_for_the_token_once_and_ends_a_session(guarded):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (./setup.sh --dev)")
-    from test_page import CHROMIUM_ARGS
-
     sessionid = open_session(guarded, bearer(API))
     asked: list[str] = []
-    with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
-                                                        args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
 
-            def answer(dialog) -> None:
-                asked.append(dialog.message)
-                dialog.accept(ADMIN)
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept(ADMIN)
 
-            page.on("dialog", answer)
-            page.goto(guarded.url + "/admin.html")
-            row = page.locator(f'#sessions tr[data-sessionid="{sessionid}"]')
-            row.wait_for(timeout=15000)
-            assert "background" in row.inner_text() and guarded.opt.avatar_id in row.inner_text()
-            page.wait_for_function("document.querySelector('#config').textContent.includes('admin_token')",
-                                   timeout=10000)
-            config = page.locator("#config").inner_text()
-            assert not any(secret in config for secret in SECRETS)
-            assert page.locator('#metrics [data-metric="sessions open"] b').inner_text() != ""
-            row.locator("button.end").click()
-            row.wait_for(state="detached", timeout=15000)
-            assert sessionid not in guarded.live.sessions
-            # It goes on refreshing with the token it was given, without asking again.
-            page.wait_for_function("document.querySelector('#updated').textContent !== 'never'", timeout=10000)
-            assert page.evaluate("sessionStorage.getItem('livetalking-admin-token')") == ADMIN
-            assert page.locator("#status").inner_text() == ""
-        finally:
-            browser.close()
+    with headless_page(answer) as page:
+        page.goto(guarded.url + "/admin.html")
+        row = page.locator(f'#sessions tr[data-sessionid="{sessionid}"]')
+        row.wait_for(timeout=15000)
+        assert "background" in row.inner_text() and guarded.opt.avatar_id in row.inner_text()
+        page.wait_for_function("document.querySelector('#config').textContent.includes('admin_token')",
+                               timeout=10000)
+        config = page.locator("#config").inner_text()
+        assert not any(secret in config for secret in SECRETS)
+        assert page.locator('#metrics [data-metric="sessions open"] b').inner_text() != ""
+        row.locator("button.end").click()
+        row.wait_for(state="detached", timeout=15000)
+        assert sessionid not in guarded.live.sessions
+        # It goes on refreshing with the token it was given, without asking again.
+        page.wait_for_function("document.querySelector('#updated').textContent !== 'never'", timeout=10000)
+        assert page.evaluate("sessionStorage.getItem('livetalking-admin-token')") == ADMIN
+        assert page.locator("#status").inner_text() == ""
     assert asked == ["This server needs its admin token:"]
 
 
 def test_the_avatar_page_asks_for_the_admin_token_once_and_shows_the_new_avatar(tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (./setup.sh --dev)")
-    from avatar_folders import FRAME, PORTRAIT
-
-    from test_page import CHROMIUM_ARGS
-
     shutil.copytree(PORTRAIT, tmp_path / PORTRAIT.name)
     srv = RunningServer(["--admin_token", ADMIN, "--avatar_root", str(tmp_path), "--asr", "off",
                          "--avatar_upload_dir", str(tmp_path)])
     asked: list[str] = []
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept(ADMIN)
+
     try:
-        with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-            browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
-                                                            args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-
-                def answer(dialog) -> None:
-                    asked.append(dialog.message)
-                    dialog.accept(ADMIN)
-
-                page.on("dialog", answer)
-                page.goto(srv.url + "/avatar.html")
-                page.set_input_files("#video_file", str(PORTRAIT / FRAME))
-                page.fill("#avatar_id", "with_token")
-                page.select_option("#model", "portrait")
-                page.fill("#size", "128")
-                page.click("#create")
-                page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
-                assert page.locator("#bar").get_attribute("value") == "100"
-                width = page.evaluate("document.querySelector('#preview').naturalWidth")
-            finally:
-                browser.close()
+        with headless_page(answer) as page:
+            page.goto(srv.url + "/avatar.html")
+            page.set_input_files("#video_file", str(PORTRAIT / FRAME))
+            page.fill("#avatar_id", "with_token")
+            page.select_option("#model", "portrait")
+            page.fill("#size", "128")
+            page.click("#create")
+            page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
+            assert page.locator("#bar").get_attribute("value") == "100"
+            width = page.evaluate("document.querySelector('#preview').naturalWidth")
     finally:
         srv.stop()
     assert width == 128 and (tmp_path / "with_token" / "full_imgs").is_dir()

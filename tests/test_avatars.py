@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import tempfile
 import time
 
 import aiohttp
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from avatar_folders import FRAME, closest, tinted_portrait
+from chromium import headless_page
 
 from conftest import RunningServer
 from livepeer import LivePeer
@@ -180,32 +180,21 @@ def test_the_cache_is_bounded_and_the_avatar_of_a_session_stays_with_it(tmp_path
 
 
 def test_the_page_opens_a_session_with_the_avatar_of_its_address_and_switches_it(avatar_server):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    from test_page import CHROMIUM, CHROMIUM_ARGS
-
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (./setup.sh --dev)")
     srv = avatar_server
-    with playwright_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
-                                                        args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(srv.url + "/?avatar=blue_one")
-            page.click("#start")
-            page.wait_for_function("document.querySelector('#sessionid').textContent !== 'none'", timeout=20000)
-            sid = int(page.locator("#sessionid").inner_text())
-            assert srv.live.sessions[sid].avatar_id == "blue_one"
-            page.fill("#avatar", "red_one")
-            page.click("#set-avatar")
-            page.wait_for_function("document.querySelector('#status').textContent === 'avatar: red_one'",
-                                   timeout=10000)
-            assert srv.live.sessions[sid].avatar_id == "red_one"
-            page.fill("#avatar", "nowhere")
-            page.click("#set-avatar")
-            page.wait_for_function("document.querySelector('#status').textContent.includes('no avatar')",
-                                   timeout=10000)
-            assert srv.live.sessions[sid].avatar_id == "red_one"
-            page.click("#stop")
-        finally:
-            browser.close()
+    with headless_page() as page:
+        page.goto(srv.url + "/?avatar=blue_one")
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#sessionid').textContent !== 'none'", timeout=20000)
+        sid = int(page.locator("#sessionid").inner_text())
+        assert srv.live.sessions[sid].avatar_id == "blue_one"
+        page.fill("#avatar", "red_one")
+        page.click("#set-avatar")
+        page.wait_for_function("document.querySelector('#status').textContent === 'avatar: red_one'",
+                               timeout=10000)
+        assert srv.live.sessions[sid].avatar_id == "red_one"
+        page.fill("#avatar", "nowhere")
+        page.click("#set-avatar")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('no avatar')",
+                               timeout=10000)
+        assert srv.live.sessions[sid].avatar_id == "red_one"
+        page.click("#stop")
