@@ -32,6 +32,7 @@ import numpy as np
 from audio_util import decode_audio_bytes
 from avatar_files import numbered_images, read_images
 from basereal import LipModel, Renderer, mirror_index
+from safetext import UnsafeJSON, clean_json
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,15 @@ class FramesCache:
 # --- configuration --------------------------------------------------------------------------
 def parse_entries(value: Any, where: str) -> list[dict]:
     """Upstream's custom_config: a list of {"audiotype": int, "imgpath": str, "audiopath"?: str}."""
-    if isinstance(value, str):
+    if isinstance(value, str):  # upstream's pages send the list as a JSON string
+        if len(value) > MAX_CONFIG_BYTES:
+            raise ClipError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
         try:
-            value = json.loads(value)
+            value = clean_json(json.loads(value))
         except json.JSONDecodeError as exc:
             raise ClipError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except (RecursionError, UnsafeJSON):
+            raise ClipError(f"{where}: nested too deeply") from None
     if not isinstance(value, list) or len(value) > MAX_CLIPS:
         raise ClipError(f"{where}: must be a list of at most {MAX_CLIPS} "
                         '{"audiotype": N, "imgpath": folder, "audiopath": wav} entries')

@@ -282,3 +282,43 @@ def test_a_requests_clips_are_loaded_once_and_bounded(tmp_path):
         assert status == 400, (name, reply)
     assert "at most 3000" in refused["too many frames"][1]["msg"]
     assert "outside the avatar root" in refused["avatar elsewhere"][1]["msg"]
+
+
+def test_hostile_bodies_to_the_new_calls_are_refused_and_the_session_streams_on(action_server):
+    srv = action_server
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            status, reply = await post_json(http, srv.url + "/session", {})
+            sid = reply["sessionid"]
+            session = srv.live.sessions[sid]
+            played = session.player.slots_played
+            bodies = [
+                ("/set_audiotype", {"sessionid": sid, "audiotype": "²"}),
+                ("/set_audiotype", {"sessionid": sid, "audiotype": "9" * 5000}),
+                ("/set_audiotype", {"sessionid": sid, "audiotype": 2**80}),
+                ("/set_audiotype", {"sessionid": sid, "audiotype": [2]}),
+                ("/set_avatar", {"sessionid": sid, "avatar": "portrait\x00astronaut"}),
+                ("/set_avatar", {"sessionid": sid, "avatar": "ａｖａｔａｒ"}),
+                ("/set_avatar", {"sessionid": sid, "avatar": {"name": "x"}}),
+                ("/human", {"sessionid": sid, "text": "hi", "action": -1}),
+                ("/session", {"custom_config": "[" * 10000}),
+                ("/session", {"custom_config": [{"audiotype": 2, "imgpath": "\x00" * 300}]}),
+                ("/session", {"custom_config": [{"audiotype": 2, "imgpath": "x" * 5000}]}),
+                ("/session", {"custom_config": [{"audiotype": i, "imgpath": "x"} for i in range(2, 200)]}),
+            ]
+            answers = [(url, await post_json(http, srv.url + url, body)) for url, body in bodies]
+            async with http.post(srv.url + "/session", data=b'{"custom_config": "' + b"x" * (300 * 1024) + b'"}',
+                                 headers={"Content-Type": "application/json"}) as resp:
+                huge = resp.status
+            await wait_until(lambda: session.player.slots_played > played + 25, 10)
+            streamed = session.player.slots_played - played
+            async with http.delete(f"{srv.url}/session/{sid}"):
+                pass
+            return answers, huge, streamed, session.avatar_id, len(srv.live.sessions)
+
+    answers, huge, streamed, avatar, live = asyncio.run(scenario())
+    for url, (status, reply) in answers:
+        assert 400 <= status < 500 and reply["code"] == -1, (url, status, reply)
+    assert huge == 413
+    assert streamed > 25 and avatar == srv.live.opt.avatar_id and live == 0
