@@ -84,6 +84,38 @@ def test_the_echo_guard_knows_the_avatars_voice_from_another():
         assert not _guard(avatar[:cut], (user + delayed)[:cut]).is_echo(ECHO_WINDOW_S)  # the user talks over it
 
 
+def _jittered(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`audio` as a receiver's jitter buffer plays it on a busy network: 150 ms late at first,
+    40-100 ms of silence put in where packets came late, and as much skipped (never more than
+    it is behind) where they bunched up."""
+    out, behind, last = [np.zeros(2400, np.float32)], 2400, 0
+    for at in sorted(int(x) for x in rng.integers(0, audio.size, 4)):
+        out.append(audio[last:at])
+        gap, last = int(rng.integers(640, 1600)), at
+        if rng.random() < 0.5:
+            out.append(np.zeros(gap, np.float32))
+            behind += gap
+        else:
+            skip = min(gap, behind - 2400)
+            last += skip
+            behind -= skip
+    out.append(audio[last:])
+    return np.pad(np.concatenate(out), (0, audio.size))[: audio.size]
+
+
+def test_the_echo_guard_follows_an_echo_stretched_and_squeezed_by_a_jitter_buffer():
+    avatar = espeak_speech("This is a long answer that keeps the avatar talking for a good while, so that the "
+                           "user has time to talk over it.")
+    user = espeak_speech("Hold on, I want to ask you something different about the weather.")
+    user = np.pad(user, (0, max(0, avatar.size - user.size)))[: avatar.size]
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        echo = _jittered(avatar, rng) * 0.3 + rng.normal(0, 0.003, avatar.size).astype(np.float32)
+        for cut in (int(2.0 * 16000), int(3.0 * 16000)):
+            assert _guard(avatar[:cut], echo[:cut]).is_echo(ECHO_WINDOW_S), (trial, cut)
+            assert not _guard(avatar[:cut], (user * 0.5 + echo)[:cut]).is_echo(ECHO_WINDOW_S), (trial, cut)
+
+
 def test_the_listener_reports_a_monologue_in_bounded_pieces_and_stops():
     heard: list[Heard] = []
     speech = espeak_speech("One two three four five six seven eight nine ten.")
