@@ -501,16 +501,19 @@ class LiveTalking:
         self._watch_peer(sessionid, pc)
         listening = self._listen(session, asr_mode)
 
+        tracks = webrtc.session_tracks(session.player)
+
         @pc.on("track")
         def on_track(track) -> None:
             # A page that sends its microphone (a sendrecv audio transceiver); upstream's
             # receive-only pages send none and nothing here runs.
             if track.kind == "audio" and listening is not None:
-                listening.attach(track)
+                webrtc.hear_promptly(pc, track)
+                listening.attach(track, tracks[0])
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            for track in webrtc.session_tracks(session.player):
+            for track in tracks:
                 pc.addTrack(track)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
@@ -574,7 +577,7 @@ class LiveTalking:
                       publish=publish)
         default = self.opt.asr_mode or ("chat" if self.llm is not None else "echo")
         listening = VoiceInput(
-            sessionid, self.stt, hooks, session.player, mode=mode or default, barge_in=self.opt.barge_in == "on",
+            sessionid, self.stt, hooks, mode=mode or default, barge_in=self.opt.barge_in == "on",
             config=SegmenterConfig(end_silence_s=self.opt.asr_silence_ms / 1000),
         )
         self.inputs[sessionid] = listening

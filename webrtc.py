@@ -13,6 +13,7 @@ behind every VP8 encode and anything else that pool runs, and the sound then fal
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import json
 import logging
@@ -23,6 +24,7 @@ import av
 import cv2
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from baseasr import CHUNK, SAMPLE_RATE
@@ -83,11 +85,16 @@ class ClockTrack(MediaStreamTrack):
         self.kind = kind
         self._player = player
         video = kind == "video"
-        self._tap = Tap(f"{name} {kind}", video=video, audio=not video, limit=VIDEO_TAP if video else AUDIO_TAP)
+        self._tap = Tap(f"{name} {kind}", video=video, audio=not video, limit=VIDEO_TAP if video else AUDIO_TAP,
+                        interruptible=True)
         self._attached = False
         self._opus: OpusPackets | None = None
         self._error_logged = 0.0
         self.errors = 0
+        # The sound as it leaves for the peer, stamped then: the echo guard's reference. The
+        # clock's time would miss how late this track sends on a busy machine, which the echo
+        # coming back through the peer's microphone carries.
+        self.sent: Tap | None = None
 
     @property
     def dropped(self) -> int:
@@ -115,6 +122,8 @@ class ClockTrack(MediaStreamTrack):
     def _packet(self, sound: Sound) -> av.Packet:
         if self._opus is None:
             self._opus = OpusPackets()
+        if self.sent is not None:
+            self.sent.put(dataclasses.replace(sound, at=time.monotonic()))
         return self._opus.encode(sound.pcm.reshape(1, CHUNK), sound.index)
 
     def _failed(self) -> None:
@@ -209,6 +218,27 @@ def new_peer(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
         for s in ice_servers
     ]))
+
+
+# aiortc's receiver holds 4 audio packets (80 ms) before it decodes the first, to put packets
+# that arrive out of order back in order. For the microphone that is 80 ms added to every
+# answer and every barge-in, while a VAD and speech-to-text do not mind a rare late packet
+# (it is dropped, a 20 ms gap). The buffer is private, so a newer aiortc without it keeps
+# the stock one.
+MIC_PREFETCH = 0
+
+
+def hear_promptly(pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+    """Let the peer's incoming audio `track` be decoded as each packet arrives."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if receiver.track is not track:
+            continue
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if isinstance(buffer, JitterBuffer):
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=buffer.capacity, prefetch=MIC_PREFETCH)
+        else:
+            log.info("aiortc's audio receiver has no jitter buffer to shorten; the mic keeps its own")
 
 
 def check_offer(sdp: str) -> None:

@@ -20,20 +20,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from audio_util import to_mono_float
+from baseasr import CHUNK
 from inputs.echo import ECHO_CORRELATION, MAX_DELAY_S, EchoGuard
 from inputs.utterance import Event, Segmenter, SegmenterConfig
-from inputs.vad import WINDOW, VoiceActivity
+from inputs.vad import SAMPLE_RATE, WINDOW, VoiceActivity
 from outputs.tap import Sound, Tap
 
 log = logging.getLogger(__name__)
 
 MIC_QUEUE = 250  # pieces (about 20 ms each) the listener may fall behind by: 5 s
+PACKET_S = CHUNK / SAMPLE_RATE  # the session's sound comes in 20 ms packets
+REFERENCE_HELD = 300  # packets of the session's sound (20 ms) held until the mic catches up: 6 s
 # After the avatar's last speech its voice may still come back this long: the longest delay the
 # guard looks at, and a little more (the echo of a sentence's end, or of the pause between two).
 AVATAR_ECHO_S = MAX_DELAY_S + 0.2
@@ -47,6 +52,33 @@ ECHO_CHECKS = 3  # windows in a row (32 ms each) that must not look like echo be
 # 0.65 over 1 s offline); between it and ECHO_CORRELATION it is unclear (an echo through a
 # busy loopback once scored 0.75): such a window neither drops the utterance nor counts for it.
 UNLIKE_ECHO = 0.7
+
+
+class MediaClock:
+    """When a stream's media should have arrived, from when its pieces did.
+
+    Pieces come late and in bunches on a busy machine (the event loop, the network, the
+    sender all stall now and then), but a stream's media time runs evenly: a piece is stamped
+    with the earliest arrival seen for its media time, so a late one gets the time it would
+    have had. The anchor creeps later by DRIFT per second of media, to follow a sender whose
+    clock runs a little slow.
+    """
+
+    DRIFT = 0.001
+
+    def __init__(self) -> None:
+        self._anchor: float | None = None  # arrival minus media time, at its earliest
+        self._media = 0.0
+
+    def time(self, arrival: float, media_s: float) -> float:
+        """The stamp of a piece that arrived at `arrival` (time.monotonic) holding media from
+        `media_s` on."""
+        if self._anchor is None:
+            self._anchor = arrival - media_s
+        else:
+            self._anchor = min(self._anchor + self.DRIFT * max(0.0, media_s - self._media), arrival - media_s)
+        self._media = media_s
+        return self._anchor + media_s
 
 
 @dataclass
@@ -79,7 +111,15 @@ class Listener:
         self._segmenter = Segmenter(config)
         self._echo = EchoGuard()
         self._reference = reference
-        self._pieces: queue.Queue[np.ndarray | None] = queue.Queue(MIC_QUEUE)
+        # Each mic piece with its time, and the session's sound not yet compared: the guard
+        # takes the sound sent up to a piece's time, so how far this thread is behind does
+        # not change the echo's delay it sees. Both times are media times (see MediaClock).
+        self._pieces: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(MIC_QUEUE)
+        self._mic_clock = MediaClock()
+        self._mic_samples = 0
+        self._sent: deque[tuple[Sound, float]] = deque(maxlen=REFERENCE_HELD)
+        self._sent_clock = MediaClock()
+        self._last_index: int | None = None
         self._pending = np.zeros(0, np.float32)
         self._utterance = 0
         self._confirmed = False  # the utterance in progress passed the onset bar
@@ -90,7 +130,9 @@ class Listener:
     # --- event loop side ------------------------------------------------------------------
     def put(self, piece: np.ndarray) -> None:
         try:
-            self._pieces.put_nowait(piece)
+            at = self._mic_clock.time(time.monotonic(), self._mic_samples / SAMPLE_RATE)
+            self._mic_samples += piece.size
+            self._pieces.put_nowait((piece, at))
         except queue.Full:
             self.dropped += 1
 
@@ -114,27 +156,37 @@ class Listener:
     # --- the thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            piece = self._pieces.get()
-            if piece is None:
+            item = self._pieces.get()
+            if item is None:
                 return
+            piece, arrived = item
             try:
-                self._take_reference()
+                self._take_reference(arrived)
                 self._hear(piece)
             except Exception:  # a bad piece must not deafen the session for good
                 log.exception("%s: a piece of the microphone could not be processed", self.name)
 
-    def _take_reference(self) -> None:
-        if self._reference is None:
-            return
-        while True:
-            try:
-                item = self._reference.get(timeout=0)
-            except TimeoutError:
-                return
-            if isinstance(item, Sound):
-                self._echo.add_reference(to_mono_float(item.pcm), item.speech)
-            elif item is None:
-                return
+    def _take_reference(self, until: float) -> None:
+        """Give the guard the session's sound played up to `until`."""
+        if self._reference is not None:
+            while True:
+                try:
+                    item = self._reference.get(timeout=0)
+                except TimeoutError:
+                    break
+                if item is None:
+                    break
+                if isinstance(item, Sound):
+                    self._sent.append((item, self._sent_clock.time(item.at, item.index * PACKET_S)))
+        while self._sent and self._sent[0][1] <= until:
+            sound = self._sent.popleft()[0]
+            # Packets the peer never got (its track was behind) are silence in its speakers:
+            # so they are in the reference too, and the echo stays in step with it.
+            missing = 0 if self._last_index is None else min(sound.index - self._last_index - 1, REFERENCE_HELD)
+            if missing > 0:
+                self._echo.add_reference(np.zeros(missing * CHUNK, np.float32), False)
+            self._last_index = sound.index
+            self._echo.add_reference(to_mono_float(sound.pcm), sound.speech)
 
     def _hear(self, piece: np.ndarray) -> None:
         self._echo.add_mic(piece)
@@ -165,7 +217,8 @@ class Listener:
         # so the two waits overlap instead of adding up.
         voiced_s = self._segmenter.voiced_s
         correlation = self._echo.echo_correlation(ECHO_WINDOW_S)
-        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f", self.name, voiced_s, correlation)
+        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f at %.0f ms", self.name, voiced_s,
+                  correlation, 1000 * self._echo.delay_s)
         if correlation >= ECHO_CORRELATION:
             self.echo_rejected += 1
             self._report(Heard("echo", self._utterance))

@@ -27,10 +27,10 @@ from chat import Speculation
 from inputs.listener import Heard, Listener
 from inputs.mic import mic_chunks
 from inputs.utterance import SegmenterConfig
-from outputs.player import HumanPlayer
 from outputs.tap import Tap
 from safetext import shown
 from stt.base import SpeechToText, SttError
+from webrtc import ClockTrack
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ class VoiceInput:
         sessionid: int,
         stt: SpeechToText,
         hooks: Hooks,
-        player: HumanPlayer,
         *,
         mode: str = "chat",
         barge_in: bool = True,
@@ -91,22 +90,24 @@ class VoiceInput:
         self.fields: dict[str, Any] = {}  # the client's fields, echoed in listening/transcript events
         self.stats = VoiceStats()
         self._hooks = hooks
-        self._player = player
         self._barge_in = barge_in
         self._config = config
         self._loop = asyncio.get_running_loop()
         self._listener: Listener | None = None
         self._reader: asyncio.Task | None = None
+        self._sent: ClockTrack | None = None
         self._current: _Utterance | None = None
         self._finals: list[asyncio.Task] = []  # utterances being finished, in order
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     # --- control -------------------------------------------------------------------------------
-    def attach(self, track: MediaStreamTrack) -> None:
-        """Listen to the peer's microphone track (one per session; a second replaces it)."""
+    def attach(self, track: MediaStreamTrack, sent: ClockTrack) -> None:
+        """Listen to the peer's microphone `track` (one per session; a second replaces it);
+        `sent` is the audio track the peer hears, whose echo the mic may carry."""
         if self._closed:
             return
+        self._sent = sent
         if self._reader is not None:
             self._reader.cancel()
         self._reader = self._loop.create_task(self._read(track), name=f"mic-{self.sessionid}")
@@ -162,9 +163,9 @@ class VoiceInput:
             log.info("session %s: the microphone track ended", self.sessionid)
 
     def _start_listener(self) -> None:
-        # The reference tap is attached only once the mic sends: the clock is running by then.
+        # The reference is taken only once the mic sends: the peer hears the sound by then.
         reference = Tap(f"echo-reference-{self.sessionid}", video=False, limit=100)
-        self._player.attach(reference)
+        self._sent.sent = reference
         self._listener = Listener(
             f"listen-{self.sessionid}", self._from_thread, config=self._config,
             barge_in=self._barge_in, reference=reference,

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import cv2
@@ -43,11 +43,13 @@ class Picture:
 
 @dataclass(frozen=True, eq=False)
 class Sound:
-    """20 ms packet `index` of the session's sound: 320 int16 samples at 16 kHz (shared)."""
+    """20 ms packet `index` of the session's sound: 320 int16 samples at 16 kHz (shared),
+    played at `at` (time.monotonic)."""
 
     index: int
     pcm: np.ndarray
     speech: bool
+    at: float = field(default_factory=time.monotonic)
 
 
 Media = Picture | Sound
@@ -58,10 +60,14 @@ class Tap:
     the loop or from a thread. When full, the oldest item goes: for a live output the newest
     media is the one worth having."""
 
-    def __init__(self, name: str, *, video: bool = True, audio: bool = True, limit: int = 150) -> None:
+    def __init__(self, name: str, *, video: bool = True, audio: bool = True, limit: int = 150,
+                 interruptible: bool = False) -> None:
         self.name = name
         self.video = video
         self.audio = audio
+        # A live peer's: an interrupt hushes the speech it has not sent yet (see hush). Not a
+        # recording's, which keeps what was played, nor the echo guard's reference.
+        self.interruptible = interruptible
         self.limit = limit
         self.dropped = 0  # items lost because the output was behind
         self.closed = False
@@ -86,6 +92,18 @@ class Tap:
             self._items.append(item)
             self._cond.notify()
         self._wake()
+
+    def hush(self, silence: np.ndarray) -> int:
+        """Make the speech not yet read silent (an interrupt): an output that is behind must
+        not go on talking for its backlog. Its timing stays: the packets are kept, silent.
+        Returns how many were hushed."""
+        hushed = 0
+        with self._cond:
+            for i, item in enumerate(self._items):
+                if isinstance(item, Sound) and item.speech:
+                    self._items[i] = replace(item, pcm=silence, speech=False)
+                    hushed += 1
+        return hushed
 
     def close(self) -> None:
         """No more media: readers get None once the queue is empty. Any thread."""

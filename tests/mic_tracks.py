@@ -107,21 +107,49 @@ class SpeechTrack(PacedTrack):
 
 class LoopbackTrack(PacedTrack):
     """A microphone that hears the client's loudspeaker: what the client received from the
-    server (fed with `hear`) comes back as its mic, `delay_s` later."""
+    server (fed with `hear`) comes back as its mic.
+
+    The loudspeaker plays as a browser's jitter buffer does: each packet at its own media
+    time, `delay_s` after the earliest arrival seen for its media time, however unevenly
+    packets arrive; one that comes after its turn is lost (a moment of silence), and when the
+    sender skips ahead (a server that was behind) the speaker follows rather than stay behind.
+    So a busy machine leaves holes in the echo but does not stretch it, and the echo is as
+    late as the network plus `delay_s`."""
+
+    HOLD_S = 3.0  # the most the loudspeaker holds ahead
 
     def __init__(self, delay_s: float = 0.1, rate: int = 48000) -> None:
         super().__init__(rate)
-        self._buffer = np.zeros(int(delay_s * rate), np.float32)
+        self.delay_s = delay_s
+        self.late_packets = 0
+        self._earliest: float | None = None  # the least arrival time minus media time seen (s)
+        self._ahead = np.zeros(0, np.float32)  # what plays from the mic's next packet on
 
     def hear(self, frame: AudioFrame) -> None:
+        if self._start is None:
+            return  # the mic has not started: nobody is listening yet
         data = frame.to_ndarray()
         channels = len(frame.layout.channels)
         samples = data.T if frame.format.is_planar else data.reshape(-1, channels)
-        mono = to_16k_mono(samples, frame.sample_rate)
-        self._buffer = np.concatenate([self._buffer, _resample_from_16k(mono, self.rate)])[-self.rate * 3 :]
+        audio = _resample_from_16k(to_16k_mono(samples, frame.sample_rate), self.rate)
+        media = float(frame.pts * frame.time_base)
+        early = time.monotonic() - media
+        self._earliest = early if self._earliest is None else min(self._earliest, early)
+        plays_at = self._earliest + self.delay_s + media
+        at = round((plays_at - self._start) * self.rate) - self._pts  # from the next packet on
+        if at < 0:
+            self.late_packets += 1
+            return
+        end = at + audio.size
+        if end > self.HOLD_S * self.rate:
+            return
+        if end > self._ahead.size:
+            self._ahead = np.concatenate([self._ahead, np.zeros(end - self._ahead.size, np.float32)])
+        self._ahead[at:end] = audio
 
     def next_samples(self) -> np.ndarray:
-        if self._buffer.size < self.samples:
-            return np.zeros(self.samples, np.float32)
-        out, self._buffer = self._buffer[: self.samples], self._buffer[self.samples :]
+        out = np.zeros(self.samples, np.float32)
+        n = min(self.samples, self._ahead.size)
+        out[:n] = self._ahead[:n]
+        self._ahead = self._ahead[n:]
         return out
