@@ -145,12 +145,16 @@ class HumanPlayer:
                 self._units.append(unit)
 
     def clear(self) -> None:
-        """Drop every unit not yet played (interrupt)."""
+        """Drop every unit not yet played, and silence the speech already played but not yet
+        sent by a live peer that is behind (interrupt)."""
         with self._cond:
             for unit in self._units:
                 unit.gone = True
             self._units.clear()
             self._cond.notify_all()
+        for tap in self._taps:
+            if tap.audio and tap.interruptible:
+                tap.hush(SILENT_PCM)
 
     def slots_until(self, unit: Unit) -> int | None:
         """How many slots before `unit` plays; None once it is gone."""

@@ -259,3 +259,21 @@ def test_every_output_gets_every_slot_and_a_slow_one_loses_only_its_own_oldest()
     assert [p.slot for p in pictures(fast)] == list(range(10))
     assert [int(p.image[0, 0, 0]) for p in pictures(slow)] == [7, 8, 9]  # the newest three
     assert slow.dropped == 7 and fast.dropped == 0
+
+
+def test_an_interrupt_hushes_the_speech_a_live_peer_has_not_sent_but_a_recording_keeps_it():
+    player, clock, _ = clocked_player(64)
+    peer = Tap("peer", video=False, limit=100, interruptible=True)  # a WebRTC peer that is behind
+    recording = Tap("recording", video=False, limit=100)
+    player._taps = (peer, recording)
+    for _ in range(10):
+        player.push(Unit(None, (AudioFrame(speech(0.5), True), AudioFrame(speech(0.5), True))))
+    for _ in range(10):  # about 20 loud packets played, none sent yet
+        player.advance()
+        clock["now"] += 0.04
+    player.clear()  # the interrupt
+    sent = [peer.get(0) for _ in range(peer.backlog())]
+    kept = [recording.get(0) for _ in range(recording.backlog())]
+    assert len(sent) > 15 and [s.index for s in sent] == list(range(len(sent)))  # in step: nothing skipped
+    assert not any(s.speech or s.pcm.any() for s in sent)
+    assert len(kept) == len(sent) and all(s.speech and s.pcm.any() for s in kept)
