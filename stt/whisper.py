@@ -55,6 +55,11 @@ EXTRA_TOKENS = 20
 CONTEXT_MARGIN_FRAMES = 100
 MIN_CONTEXT_FRAMES = 500
 FULL_CONTEXT_FRAMES = 3000
+# Whisper sometimes says a short utterance twice ("Good morning, my friend. Good morning, my
+# friend." from 2 s of audio): a verbatim repeat of 3 words or more, faster than anyone talks,
+# is said once.
+MAX_WORDS_PER_SECOND = 3.5
+_WORD = re.compile(r"\w+")
 # Whole-segment annotations some whisper models write instead of speech.
 _ANNOTATION = re.compile(r"^\s*(\[[^\]]*\]|\([^)]*\)|[♪♫\s]+)\s*$")
 
@@ -142,7 +147,8 @@ class WhisperStt(SpeechToText):
         padded = np.concatenate([np.zeros(int(LEAD_IN_SECONDS * SAMPLE_RATE), np.float32), samples])
         max_new_tokens = int(TOKENS_PER_SECOND * min(seconds, WINDOW_SECONDS)) + EXTRA_TOKENS
         if self._tokenizer is not None and padded.size < (WINDOW_SECONDS - 1.0) * SAMPLE_RATE:
-            return kept_text([self._decode_one_window(model, self._tokenizer, padded, max_new_tokens)])
+            text = kept_text([self._decode_one_window(model, self._tokenizer, padded, max_new_tokens)])
+            return said_once(text, seconds)
         segments, _info = model.transcribe(
             padded,
             language=self.language,
@@ -158,7 +164,7 @@ class WhisperStt(SpeechToText):
         )
         # faster-whisper decodes lazily, window by window, as the generator is consumed:
         # consume it here, on the worker, not on the event loop.
-        return kept_text(list(segments))
+        return said_once(kept_text(list(segments)), seconds)
 
     def _decode_one_window(
         self, model: WhisperModel, tokenizer: Tokenizer, audio: np.ndarray, max_new_tokens: int
@@ -215,6 +221,21 @@ def keep_segment(segment: Any) -> bool:
     if segment.compression_ratio > MAX_COMPRESSION_RATIO:
         return False
     return not _ANNOTATION.match(segment.text)
+
+
+def said_once(text: str, seconds: float) -> str:
+    """`text` without whisper's verbatim repeats of it when `seconds` of audio are too short
+    to have said it twice or more (see MAX_WORDS_PER_SECOND)."""
+    words = list(_WORD.finditer(text))
+    if len(words) <= MAX_WORDS_PER_SECOND * seconds:
+        return text
+    lowered = [w.group().lower() for w in words]
+    for times in range(len(words) // 3, 1, -1):
+        size = len(words) // times
+        if size * times == len(words) and lowered == lowered[:size] * times:
+            end = words[size].start()  # up to the first repeat: the first one's punctuation stays
+            return text[:end].rstrip()
+    return text
 
 
 def kept_text(segments: list[Any]) -> str:

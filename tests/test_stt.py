@@ -18,7 +18,7 @@ from speech_samples import espeak_speech, word_error_rate
 from stt import STT_ENGINES, SpeechToText, SttError, SttNotAvailable, load_stt
 from stt.base import shown_url
 from stt.openai import transcriptions_url
-from stt.whisper import kept_text
+from stt.whisper import kept_text, said_once
 from stt_servers import FunAsrServer, OpenAITranscriber
 
 QUESTION = "What is the capital of France?"
@@ -168,6 +168,15 @@ def test_the_filter_drops_what_whisper_makes_up():
     assert kept_text([seg(" What is the capital", 0.15, -0.29), seg(" of France?")]) == "What is the capital of France?"
     # Quiet speech may look like noise to the no-speech token; confident words are kept.
     assert kept_text([seg(" Hello.", 0.8, -0.5)]) == "Hello."
+
+
+def test_a_short_utterance_whisper_heard_twice_is_said_once():
+    # What tiny.en gave for 2.0 s of "Good morning, my friend." once, on a busy machine.
+    twice = "Good morning, my friend. Good morning, my friend."
+    assert said_once(twice, 2.0) == "Good morning, my friend."
+    assert said_once(twice, 3.0) == twice  # time enough to have said it twice
+    assert said_once("Help me. Help me.", 0.5) == "Help me. Help me."  # a cry, not whisper's echo
+    assert said_once("What is the capital of France?", 1.0) == "What is the capital of France?"
 
 
 def test_whisper_missing_model_folder_is_named(tmp_path):
