@@ -43,14 +43,15 @@ REFERENCE_HELD = 300  # packets of the session's sound (20 ms) held until the mi
 # guard looks at, and a little more (the echo of a sentence's end, or of the pause between two).
 AVATAR_ECHO_S = MAX_DELAY_S + 0.2
 BARGE_IN_S = 0.16  # voiced audio that interrupts the avatar (a click or a cough is shorter)
-# The mic audio compared with the reference. Measured through aiortc both ways (Opus, a loopback
-# mic): the avatar's echo scores 0.90-0.99 over 1 s (0.76-0.99 over 0.5 s), another voice over
-# it 0.51-0.54 (0.21-0.67 over 0.5 s): a longer look tells them apart better.
+# The mic audio compared with the reference. Offline (espeak, the echo 150 ms late with 40-100 ms
+# gaps and skips as a jitter buffer makes them): the avatar's echo scores 0.73-0.99 over 1 s
+# (median 0.94), another voice 0.62 at most, another voice over the echo 0.73 at most (median
+# 0.51); through aiortc on a loopback under two busy loops the echo mostly scores 0.85-0.99.
 ECHO_WINDOW_S = 1.0
 ECHO_CHECKS = 3  # windows in a row (32 ms each) that must not look like echo before barge-in
-# Below this a window clearly is not the avatar's echo (another voice over the echo scores up to
-# 0.65 over 1 s offline); between it and ECHO_CORRELATION it is unclear (an echo through a
-# busy loopback once scored 0.75): such a window neither drops the utterance nor counts for it.
+# Below this a window clearly is not the avatar's echo; between it and ECHO_CORRELATION it is
+# unclear: such a window neither drops the utterance nor counts for it (the windows in a row
+# start again).
 UNLIKE_ECHO = 0.7
 
 
