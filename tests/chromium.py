@@ -28,3 +28,17 @@ def headless_page(on_dialog: Callable | None = None) -> Iterator:
             yield page
         finally:
             browser.close()
+
+
+def create_on_avatar_page(page, base_url: str, upload: str, avatar_id: str, size: int = 128) -> int:
+    """Make a portrait avatar from `upload` on web/avatar.html as a user does, wait for its
+    preview, check the progress bar is full, and return the preview's width."""
+    page.goto(base_url + "/avatar.html")
+    page.set_input_files("#video_file", upload)
+    page.fill("#avatar_id", avatar_id)
+    page.select_option("#model", "portrait")
+    page.fill("#size", str(size))
+    page.click("#create")
+    page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
+    assert page.locator("#bar").get_attribute("value") == "100"
+    return page.evaluate("document.querySelector('#preview').naturalWidth")

@@ -15,7 +15,7 @@ import time
 import aiohttp
 import pytest
 from avatar_folders import FRAME, PORTRAIT
-from chromium import headless_page
+from chromium import create_on_avatar_page, headless_page
 
 from conftest import LLM_ENV, RunningServer
 
@@ -450,15 +450,7 @@ def test_the_avatar_page_asks_for_the_admin_token_once_and_shows_the_new_avatar(
 
     try:
         with headless_page(answer) as page:
-            page.goto(srv.url + "/avatar.html")
-            page.set_input_files("#video_file", str(PORTRAIT / FRAME))
-            page.fill("#avatar_id", "with_token")
-            page.select_option("#model", "portrait")
-            page.fill("#size", "128")
-            page.click("#create")
-            page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
-            assert page.locator("#bar").get_attribute("value") == "100"
-            width = page.evaluate("document.querySelector('#preview').naturalWidth")
+            width = create_on_avatar_page(page, srv.url, str(PORTRAIT / FRAME), "with_token")
     finally:
         srv.stop()
     assert width == 128 and (tmp_path / "with_token" / "full_imgs").is_dir()

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
-from chromium import headless_page
+from chromium import create_on_avatar_page, headless_page
 
 from conftest import RunningServer
 from test_genavatar import shifted, write_video
@@ -452,16 +452,8 @@ def test_wav2lip_avatar_with_webhooks_delivered_in_order_and_retried(w2l):
 def test_the_page_uploads_a_video_and_shows_progress_and_the_preview(srv, folders):
     """web/avatar.html in headless Chromium (skipped without it)."""
     with headless_page() as page:
-        page.goto(srv.url + "/avatar.html")
-        page.set_input_files("#video_file", str(folders["videos"] / "short.mp4"))
-        page.fill("#avatar_id", "from_page")
-        page.select_option("#model", "portrait")
-        page.fill("#size", "128")
-        page.click("#create")
-        page.wait_for_function("document.querySelector('#preview').naturalWidth > 0", timeout=120_000)
-        assert page.locator("#bar").get_attribute("value") == "100"
+        width = create_on_avatar_page(page, srv.url, str(folders["videos"] / "short.mp4"), "from_page")
         assert "completed" in page.locator("#task-status").inner_text()
-        width = page.evaluate("document.querySelector('#preview').naturalWidth")
     assert width == 128
     assert (folders["root"] / "from_page" / "full_imgs").is_dir()
 
