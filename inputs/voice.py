@@ -132,6 +132,8 @@ class VoiceInput:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+        if self._sent is not None:
+            self._sent.sent = None  # the peer's track stops copying its sound for the guard
         if self._listener is not None:
             await self._loop.run_in_executor(None, self._listener.close)
             self.stats.echo_rejected = self._listener.echo_rejected

@@ -44,7 +44,7 @@ class Picture:
 @dataclass(frozen=True, eq=False)
 class Sound:
     """20 ms packet `index` of the session's sound: 320 int16 samples at 16 kHz (shared),
-    played at `at` (time.monotonic)."""
+    played at `at` (time.monotonic; a peer's track stamps the copy it sends with when it sent it)."""
 
     index: int
     pcm: np.ndarray
@@ -93,17 +93,12 @@ class Tap:
             self._cond.notify()
         self._wake()
 
-    def hush(self, silence: np.ndarray) -> int:
+    def hush(self, silence: np.ndarray) -> None:
         """Make the speech not yet read silent (an interrupt): an output that is behind must
-        not go on talking for its backlog. Its timing stays: the packets are kept, silent.
-        Returns how many were hushed."""
-        hushed = 0
+        not go on talking for its backlog. Its timing stays: the packets are kept, silent."""
         with self._cond:
-            for i, item in enumerate(self._items):
-                if isinstance(item, Sound) and item.speech:
-                    self._items[i] = replace(item, pcm=silence, speech=False)
-                    hushed += 1
-        return hushed
+            self._items = deque(replace(item, pcm=silence, speech=False)
+                                if isinstance(item, Sound) and item.speech else item for item in self._items)
 
     def close(self) -> None:
         """No more media: readers get None once the queue is empty. Any thread."""

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from inputs.echo import EchoGuard
-from inputs.listener import ECHO_WINDOW_S, Heard, Listener
+from inputs.listener import ECHO_WINDOW_S, Heard, Listener, MediaClock
 from inputs.utterance import Segmenter, SegmenterConfig
 from inputs.vad import WINDOW, VoiceActivity
 from speech_samples import espeak_speech
@@ -134,3 +134,19 @@ def test_the_listener_reports_a_monologue_in_bounded_pieces_and_stops():
     ends = [h for h in heard if h.kind == "end"]
     assert ends and max(h.audio.size for h in ends) <= 1.5 * 16000 + WINDOW
     assert heard[0].kind == "listening"
+
+
+def test_media_clock_stamps_late_and_bunched_pieces_with_the_time_they_should_have_come():
+    clock = MediaClock()
+    stamps = []
+    for i in range(60):
+        media = i * 0.02
+        # Pieces 10-29 are held up by a stall and all arrive together when it ends.
+        arrival = 100.0 + (30 * 0.02 if 10 <= i < 30 else media)
+        stamps.append(clock.time(arrival, media))
+    # Every piece gets its place on the media clock, as if none had been late.
+    assert np.allclose(stamps, [100.0 + i * 0.02 for i in range(60)], atol=0.002)
+    # A sender whose clock runs a little slow is followed, not held to its first packet.
+    slow = MediaClock()
+    last = [slow.time(200.0 + 1.0005 * i, float(i)) for i in range(100)][-1]
+    assert last - (200.0 + 99) > 0.03
