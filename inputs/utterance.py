@@ -30,6 +30,11 @@ class SegmenterConfig:
     tail_s: float = 0.2  # silence kept after the last voiced window
     partial_every_s: float = 1.0  # audio between two partial transcripts
     max_utterance_s: float = 30.0  # a longer one is cut here and continues as the next
+    # Inside an utterance a window this far below the voice's typical level is silent, whatever
+    # the VAD says: Silero is recurrent and rates the 60-130 ms after the last word as speech,
+    # even when they are digital silence. Over a noise floor closer to the voice than this
+    # (no noise suppression) the VAD alone decides. None: the VAD alone always.
+    quiet_db: float | None = -35.0
 
 
 @dataclass
@@ -40,6 +45,10 @@ class Event:
     kind: str
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     cut: bool = False
+
+
+LEVEL_WINDOWS = 100  # voiced windows the voice's level is the median of (3.2 s)
+MIN_LEVEL_WINDOWS = 3  # fewer and the level is not known yet
 
 
 def _windows(seconds: float) -> int:
@@ -58,6 +67,8 @@ class Segmenter:
         self._partial = _windows(c.partial_every_s)
         self._max = _windows(c.max_utterance_s)
         self._preroll: deque[np.ndarray] = deque(maxlen=_windows(c.preroll_s))
+        self._quiet_ratio = None if c.quiet_db is None else 10 ** (c.quiet_db / 20)
+        self._levels: deque[float] = deque(maxlen=LEVEL_WINDOWS)  # RMS of the voice's recent windows
         self._reset()
 
     def _reset(self) -> None:
@@ -78,6 +89,12 @@ class Segmenter:
         voiced, silent = prob >= c.speech_prob, prob < c.silence_prob
         if not self.in_speech:
             return self._candidate(window, voiced, silent)
+        if self._quiet_ratio is not None:
+            rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float32))))
+            if len(self._levels) >= MIN_LEVEL_WINDOWS and rms < self._quiet_ratio * float(np.median(self._levels)):
+                voiced, silent = False, True
+            elif voiced:
+                self._levels.append(rms)
         events: list[Event] = []
         self._windows.append(window)
         self._since_partial += 1

@@ -42,6 +42,21 @@ def test_the_end_holds_the_utterance_with_its_preroll_and_a_short_tail():
     assert end.audio.size // WINDOW == 30 + round(0.3 / 0.032) + round(0.2 / 0.032)  # preroll, tail
 
 
+def test_the_silence_after_the_last_word_counts_even_while_the_vad_still_says_speech():
+    # Silero is recurrent: it rates the first 60-130 ms of silence after a word as speech.
+    def kinds(config: SegmenterConfig, after: float) -> list[str]:
+        seg = Segmenter(config)
+        out = []
+        for window, prob in [(W + 0.1, 0.9)] * 10 + [(W + after, 0.9)] * 3:
+            out += [e.kind for e in seg.feed(window, prob)]
+        return out
+
+    assert kinds(SegmenterConfig(partial_every_s=10), 0.0) == ["onset", "pause"]  # 64 ms of digital silence
+    assert kinds(SegmenterConfig(partial_every_s=10, quiet_db=None), 0.0) == ["onset"]  # the VAD alone: not yet
+    # Over a noise floor 20 dB under the voice (no noise suppression) the VAD alone decides.
+    assert kinds(SegmenterConfig(partial_every_s=10), 0.01) == ["onset"]
+
+
 def test_a_monologue_is_cut_into_bounded_utterances():
     seg = Segmenter(SegmenterConfig(max_utterance_s=2.0, partial_every_s=100))
     ends = []
