@@ -516,6 +516,10 @@ ErrorCallback = Callable[[dict], None]
 # the voice that much sooner. Keep 10 ms before the onset so the first consonant is intact.
 _ONSET_LEVEL = 10 ** (-60 / 20)
 _ONSET_KEEP = 160
+# A voice ends each piece with 90-150 ms of near-silence, as if the sentence were over. After
+# a piece cut mid-sentence (no punctuation: an answer's first words, chat.FIRST_PIECE_WAIT_S)
+# that is a gap inside the sentence: all but 30 ms of it is dropped.
+_TAIL_KEEP = 480
 
 
 @dataclass
@@ -534,8 +538,10 @@ class _Utterance:
     first_chunk_at: float | None = None
     sink_seconds: float = 0.0
     trim_onset: bool = False  # drop the near-silence a TTS voice puts before the first word
+    trim_tail: bool = False  # drop the near-silence it puts after the last one
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     _held: np.ndarray | None = None
+    _quiet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # trim_tail: not sent yet
 
     def push(self, samples: np.ndarray) -> bool:
         """Add audio; send every chunk it completes. False once the sentence is dropped."""
@@ -545,6 +551,15 @@ class _Utterance:
                 return not self.refused
             samples = samples[max(0, int(loud[0]) - _ONSET_KEEP) :]
             self.trim_onset = False
+        if self.trim_tail:
+            # Near-silence after the last loud sample waits: more voice after it makes it a
+            # pause to keep, the sentence's end makes it the tail to drop.
+            if self._quiet.size:
+                samples = np.concatenate([self._quiet, samples])
+            loud = np.flatnonzero(np.abs(samples) > _ONSET_LEVEL)
+            keep = min(samples.size, int(loud[-1]) + 1 + _TAIL_KEEP) if loud.size else 0
+            self._quiet = samples[keep:].copy()
+            samples = samples[:keep]
         buf = np.concatenate([self._carry, samples]) if self._carry.size else samples
         whole = buf.size // CHUNK * CHUNK
         for start in range(0, whole, CHUNK):
@@ -555,6 +570,7 @@ class _Utterance:
 
     def finish(self) -> bool:
         """Pad and send the tail; the last chunk carries "end"."""
+        self._quiet = np.zeros(0, dtype=np.float32)
         if self._carry.size:
             tail = np.zeros(CHUNK, dtype=np.float32)
             tail[: self._carry.size] = self._carry
@@ -804,6 +820,7 @@ class BaseTTS:
             {"text": sentence, **msg.datainfo},
             lambda: self._abandoned(msg.generation),
             trim_onset=True,
+            trim_tail=sentence[-1:].isalnum(),  # cut mid-sentence: the sentence goes on
         )
         resampler: StreamResampler | None = None
         samples_16k = 0

@@ -118,3 +118,60 @@ def test_an_answer_interrupted_before_a_piece_ended_is_forgotten_and_the_next_on
 def test_join_pieces_puts_no_space_after_chinese() -> None:
     assert join_pieces(["你好，", "今天天气很好。", "OK."]) == "你好，今天天气很好。OK."
     assert join_pieces(["Sure,", "it is."]) == "Sure, it is."
+
+
+# --- how an answer starts: an overdue first piece ------------------------------------------
+
+
+class StallingReply(Reply):
+    """Writes `before` word by word (OpenAI-style: spaces lead), then waits for `go` before
+    the rest: an LLM that stalls in its first clause."""
+
+    def __init__(self, before: str, after: str, go: asyncio.Event) -> None:
+        self.before, self.after, self.go = before.split(" "), after, go
+
+    async def deltas(self) -> AsyncIterator[str]:
+        for i, word in enumerate(self.before):
+            yield word if i == 0 else " " + word
+        await self.go.wait()
+        yield self.after
+
+    async def aclose(self) -> None:
+        return None
+
+
+class StallingAnswer(ChatBackend):
+    def __init__(self, before: str, after: str) -> None:
+        self.reply_args = (before, after)
+        self.go: asyncio.Event | None = None
+
+    async def open(self, messages: list[dict[str, str]], name: str) -> Reply:
+        self.go = asyncio.Event()
+        return StallingReply(*self.reply_args, self.go)
+
+
+async def wait_said(said: list, n: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(said) < n:
+        assert asyncio.get_running_loop().time() < deadline, f"only {said} said"
+        await asyncio.sleep(0.01)
+
+
+def test_a_first_clause_slow_to_come_is_spoken_from_its_whole_words() -> None:
+    async def scenario():
+        said: list[str] = []
+        backend = StallingAnswer("Paris is the capital", " of France, and it is lovely.")
+        chat = conversation(backend, said)
+        await chat.ask("Capital?")
+        # The LLM stalls before the comma: its whole words are spoken meanwhile ("capital"
+        # may still become "capitals", so it waits).
+        await wait_said(said, 1)
+        first = list(said)
+        backend.go.set()
+        await settle(chat)
+        return first, said, answers(chat)
+
+    first, said, kept = asyncio.run(scenario())
+    assert first == ["Paris is the"]
+    # The rest of the first sentence ends at its clause, not held for the sentence's end.
+    assert said == ["Paris is the", "capital of France,", "and it is lovely."]

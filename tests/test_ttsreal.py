@@ -440,6 +440,27 @@ def test_later_pieces_of_a_streamed_answer_are_not_cut_again(piper, run_tts) -> 
     assert [e["text"] for _, e in sink.events if e["status"] == "start"] == ["Well, that depends on the weather."]
 
 
+def trailing_quiet_s(sink: Collector, text: str) -> float:
+    """Seconds of near-silence (-60 dBFS) at the end of sentence `text`'s chunks."""
+    first = next(i for i, e in sink.events if e["status"] == "start" and e["text"] == text)
+    last = next(i for i, e in sink.events if e["status"] == "end" and e["text"] == text)
+    audio = np.concatenate(sink.chunks[first : last + 1])
+    loud = np.flatnonzero(np.abs(audio) > 1e-3)
+    return (audio.size - 1 - loud[-1]) / SAMPLE_RATE
+
+
+def test_a_piece_cut_mid_sentence_ends_without_the_voices_closing_silence(piper, run_tts) -> None:
+    sink = Collector()
+    tts = run_tts(piper, sink)
+    tts.put_msg_txt("Paris is the capital", opening=False)  # an answer's first words
+    tts.put_msg_txt("Paris is the capital.", opening=False)  # a sentence's end keeps its pause
+    wait_idle(tts)
+    cut = trailing_quiet_s(sink, "Paris is the capital")
+    whole = trailing_quiet_s(sink, "Paris is the capital.")
+    assert cut <= 0.03 + CHUNK / SAMPLE_RATE, cut  # 30 ms kept, and the last chunk's padding
+    assert whole > 0.06, whole
+
+
 def test_one_session_can_queue_only_so_much_speech() -> None:
     """A text over MAX_TEXT_CHARS is a 413; a full queue (messages, characters or seconds of
     audio) is a 429, and nothing of a refused message is kept."""

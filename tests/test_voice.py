@@ -75,7 +75,7 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken(voice_server, fake
             mic.say(espeak_speech(QUESTION))
             final = await sse.wait_for(lambda e: e["status"] == "transcript" and e["final"], 30)
             start = await sse.wait_for(lambda e: e["status"] == "start", 30)
-            await sse.wait_for(lambda e: e["status"] == "end", 30)
+            await sse.wait_for(lambda e: e["status"] == "end" and e["text"].endswith("France."), 30)
             heard = loud_after(peer, start["_at"] - 0.5)
             replied = voice_server.live.sessions[peer.sessionid].last_reply_latency_s
             return sse.events, final, heard, voice_server.live.inputs[peer.sessionid].describe(), replied
