@@ -34,7 +34,7 @@ import priority
 from baseasr import CHUNK, AudioFrame, BaseASR
 from outputs.player import SLOT_SECONDS, HumanPlayer, Unit
 from safetext import shown
-from ttsreal import BaseTTS, TTSEngine, Voice
+from ttsreal import BaseTTS, Hold, TTSEngine, Voice
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,17 @@ class BaseReal:
         log.info("session %s closed", self.sessionid)
 
     # --- input -----------------------------------------------------------------------------
-    def say(self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True) -> None:
+    def say(
+        self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True,
+        hold: Hold | None = None,
+    ) -> None:
         """Queue text to be spoken, in `voice` when given (its fields override the defaults).
 
-        `opening` False marks a later piece of a streamed answer (see BaseTTS.put_msg_txt)."""
+        `opening` False marks a later piece of a streamed answer, `hold` speech synthesised
+        ahead and played once released (see BaseTTS.put_msg_txt)."""
         if opening:
             self.reply_requested()
-        self.tts.put_msg_txt(text, datainfo, voice, opening)
+        self.tts.put_msg_txt(text, datainfo, voice, opening, hold)
 
     def set_avatar(self, avatar_id: str, avatar: Any) -> None:
         """Show another avatar from the next batch of frames fed; the sound goes on as it was."""

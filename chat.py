@@ -25,7 +25,7 @@ from typing import Any
 
 from llm import ChatBackend, LLMError, Reply
 from speakable import PieceSplitter, is_cjk
-from ttsreal import SpeechRefused
+from ttsreal import Hold, SpeechRefused
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,16 @@ QUEUE_FULL_RETRY_S = 0.25  # how often a piece waiting for room in the speech qu
 # piece is also synthesised faster).
 FIRST_PIECE_WAIT_S = 0.1
 
-Say = Callable[[str, dict, Any, bool], None]  # (piece, datainfo, voice, opening): BaseReal.say
+Say = Callable[[str, dict, Any, bool, Hold | None], None]  # (piece, datainfo, voice, opening, hold): BaseReal.say
 Publish = Callable[[dict], None]
+
+
+@dataclass
+class _Held:
+    """A speculative answer kept back: its speech synthesised and waiting, its failure untold."""
+
+    hold: Hold = field(default_factory=Hold)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -49,6 +57,7 @@ class _Turn:
     """A question and the answer as far as the user heard it."""
 
     question: str
+    held: _Held | None = None  # a speculation's turn
     written: str = ""  # the LLM's whole answer, once its stream ended
     heard: list[str] = field(default_factory=list)  # pieces played to their end, in order
     cut: bool = False  # interrupted before all of it was heard
@@ -140,21 +149,21 @@ class Conversation:
 
     def speculate(self, question: str, datainfo: dict | None = None, voice: Any = None) -> Speculation:
         """Start answering a question that may still change (the user paused, and may go on):
-        the answer streams, but nothing of it is spoken (nor any error told) until released.
-        A withdrawn speculation leaves no trace in the history."""
+        the answer streams and is synthesised, but nothing of it is heard (nor any error told)
+        until released. A withdrawn speculation leaves no trace in the history."""
         if self._closed:
             raise LLMError(503, f"session {self.sessionid} is closing")
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         opened.cancel()  # nobody waits for the endpoint to accept it: failures are events
-        gate = asyncio.Event()
+        held = _Held()
         previous = self._tasks[-1] if self._tasks else None
         task = loop.create_task(
-            self._answer(question, dict(datainfo or {}), voice, previous, opened, gate), name=f"llm-{self.sessionid}"
+            self._answer(question, dict(datainfo or {}), voice, previous, opened, held), name=f"llm-{self.sessionid}"
         )
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
-        return Speculation(self, task, gate)
+        return Speculation(self, task, held)
 
     def on_event(self, event: dict) -> None:
         """Follow the session's events (on the event loop): an "end" marks its piece heard.
@@ -196,6 +205,15 @@ class Conversation:
                 log.info("session %s: answer cut; the history keeps what was heard: %r", self.sessionid, turn.answer)
         self.forget_unsaid()
 
+    def forget_held(self, held: _Held) -> None:
+        """A withdrawn speculation: its turn and its pieces were never heard."""
+        kept = [piece for piece in self._playing if piece.turn.held is not held]
+        self._playing.clear()
+        self._playing.extend(kept)
+        turns = [turn for turn in self._turns if turn.held is not held]
+        self._turns.clear()
+        self._turns.extend(turns)
+
     def forget_unsaid(self) -> None:
         """Drop turns of which nothing counts as said (cut unheard, failed before a word)."""
         playing = {id(piece.turn) for piece in self._playing}
@@ -214,16 +232,16 @@ class Conversation:
         voice: Any,
         previous: asyncio.Task | None,
         opened: asyncio.Future,
-        gate: asyncio.Event | None = None,
+        held: _Held | None = None,
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # in order: this question must see that answer
         try:
-            await self._stream_answer(question, datainfo, voice, opened, gate)
+            await self._stream_answer(question, datainfo, voice, opened, held)
         except LLMError as exc:
             self.forget_unsaid()
-            if gate is not None:
-                await gate.wait()  # a speculation's failure is told only if it is released
+            if held is not None:
+                await held.released.wait()  # a speculation's failure is told only if it is released
             self._fail(exc, datainfo, opened)
         except Exception as exc:  # a bug here must not pass silently nor end the session
             log.exception("session %s: chat failed", self.sessionid)
@@ -231,13 +249,13 @@ class Conversation:
             self._fail(LLMError(502, f"chat failed: {exc}"), datainfo, opened)
 
     async def _stream_answer(
-        self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future, gate: asyncio.Event | None
+        self, question: str, datainfo: dict, voice: Any, opened: asyncio.Future, held: _Held | None
     ) -> None:
         started = time.perf_counter()
         reply = await self.backend.open(self.messages_for(question), f"{self.sessionid}")
         if not opened.done():
             opened.set_result(None)
-        turn = _Turn(question)
+        turn = _Turn(question, held)
         # In the history from now on: a stream cut by an error or interrupt still leaves its
         # heard pieces said (its `written` stays empty).
         self._turns.append(turn)
@@ -268,13 +286,9 @@ class Conversation:
                         deadline, overdue = None, False
                     for piece in pieces:
                         spoken += 1
-                        if gate is not None:
-                            await gate.wait()
                         await self._speak(turn, piece, datainfo, voice, spoken, started)
             for piece in splitter.finish():
                 spoken += 1
-                if gate is not None:
-                    await gate.wait()
                 await self._speak(turn, piece, datainfo, voice, spoken, started)
         except asyncio.CancelledError:
             log.info("session %s: LLM answer cancelled after %d pieces", self.sessionid, spoken)
@@ -293,7 +307,7 @@ class Conversation:
         while True:
             try:
                 # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
-                self._say(piece, datainfo, voice, False)
+                self._say(piece, datainfo, voice, False, turn.held.hold if turn.held else None)
                 break
             except SpeechRefused as exc:
                 if exc.status != 429:
@@ -317,25 +331,28 @@ class Conversation:
 class Speculation:
     """An answer held back until its question is final (Conversation.speculate)."""
 
-    def __init__(self, conversation: Conversation, task: asyncio.Task, gate: asyncio.Event) -> None:
+    def __init__(self, conversation: Conversation, task: asyncio.Task, held: _Held) -> None:
         self._conversation = conversation
         self._task = task
-        self._gate = gate
+        self._held = held
 
     def release(self) -> bool:
-        """The question stands: speak the answer. False when it was cancelled meanwhile (an
-        interrupt), and the question must be asked afresh."""
-        if self._task.done():
+        """The question stands: let the answer be heard (what of it is synthesised plays at
+        once). False when it was cancelled meanwhile (an interrupt), and the question must be
+        asked afresh."""
+        if self._task.cancelled():
             return False
-        self._gate.set()
+        self._held.released.set()
+        self._held.hold.release()
         return True
 
     async def withdraw(self) -> None:
-        """The user went on talking: drop the answer and close its stream."""
-        if self._task.done():
-            return
-        self._task.cancel()
-        await asyncio.wait([self._task])
+        """The user went on talking: drop the answer, its speech and its stream."""
+        self._held.hold.drop()
+        if not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        self._conversation.forget_held(self._held)
         self._conversation.forget_unsaid()
 
 

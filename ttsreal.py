@@ -499,6 +499,36 @@ def _clause_and_rest(first: str) -> list[str]:
 # --- per-session worker ----------------------------------------------------------------------
 
 
+class Hold:
+    """Speech synthesised ahead of its turn (the answer to a question the user may still go
+    on with): its audio waits, ready, until `release` plays it or `drop` throws it away."""
+
+    POLL_S = 0.05  # how often a waiting worker checks whether its speech was abandoned
+
+    def __init__(self) -> None:
+        self._decided = threading.Event()
+        self.dropped = False
+
+    @property
+    def waiting(self) -> bool:
+        """Neither released nor dropped yet."""
+        return not self._decided.is_set()
+
+    def release(self) -> None:
+        self._decided.set()
+
+    def drop(self) -> None:
+        self.dropped = True
+        self._decided.set()
+
+    def wait(self, abandoned: Callable[[], bool]) -> bool:
+        """Block until decided, or the speech is abandoned (an interrupt); True: play it."""
+        while not self._decided.wait(self.POLL_S):
+            if abandoned():
+                return False
+        return not self.dropped
+
+
 @dataclass
 class _Message:
     generation: int
@@ -507,6 +537,7 @@ class _Message:
     audio: np.ndarray | None = None
     voice: Voice | None = None  # this message's voice override
     opening: bool = True  # starts an utterance: its first clause may be spoken apart
+    hold: Hold | None = None  # synthesised now, played once released
 
 
 ErrorCallback = Callable[[dict], None]
@@ -539,6 +570,8 @@ class _Utterance:
     sink_seconds: float = 0.0
     trim_onset: bool = False  # drop the near-silence a TTS voice puts before the first word
     trim_tail: bool = False  # drop the near-silence it puts after the last one
+    hold: Hold | None = None  # the audio waits for it before its first chunk is sent
+    held_seconds: float = 0.0
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     _held: np.ndarray | None = None
     _quiet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # trim_tail: not sent yet
@@ -595,6 +628,14 @@ class _Utterance:
         if self.refused or self.abandoned():
             self.refused = True
             return False
+        if self.sent == 0 and self.hold is not None:
+            waited = time.perf_counter()
+            keep = self.hold.wait(self.abandoned)
+            self.held_seconds = time.perf_counter() - waited
+            self.hold = None
+            if not keep:
+                self.refused = True
+                return False
         if self.sent == 0:
             event: dict | None = {**self.event, "status": "start"}
             self.first_chunk_at = time.perf_counter()
@@ -661,18 +702,20 @@ class BaseTTS:
             self._thread.start()
 
     def put_msg_txt(
-        self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True
+        self, text: str, datainfo: dict | None = None, voice: Voice | None = None, opening: bool = True,
+        hold: Hold | None = None,
     ) -> None:
         """Queue text to be spoken, in `voice` (fields override the default) if given; returns at once.
 
         `opening`: the text starts an utterance, so an engine that synthesizes whole sentences
         speaks its first clause apart to start sooner. False for the later pieces of a streamed
-        answer, which arrive already cut and would only gain pauses.
+        answer, which arrive already cut and would only gain pauses. `hold`: synthesise it now,
+        play it when the hold is released (what is queued after it waits behind it).
         """
         if text and text.strip():
             if len(text) > MAX_TEXT_CHARS:
                 raise SpeechRefused(413, f"text is {len(text)} characters; one request may have {MAX_TEXT_CHARS}")
-            self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice), opening=opening))
+            self._put(_Message(0, dict(datainfo or {}), text=text, voice=as_voice(voice), opening=opening, hold=hold))
 
     def put_audio(self, audio: np.ndarray, datainfo: dict | None = None) -> None:
         """Queue ready 16 kHz mono speech (an uploaded file), played in order with the text."""
@@ -781,7 +824,7 @@ class BaseTTS:
         if self.engine.whole_sentences and msg.opening:
             sentences = first_clause_apart(sentences)
         for sentence in sentences:
-            if self._abandoned(msg.generation):
+            if self._abandoned(msg.generation) or (msg.hold is not None and msg.hold.dropped):
                 return
             if time.monotonic() < self._unavailable_until:
                 # The engine just timed out: waiting for it again per sentence would make a
@@ -821,6 +864,7 @@ class BaseTTS:
             lambda: self._abandoned(msg.generation),
             trim_onset=True,
             trim_tail=sentence[-1:].isalnum(),  # cut mid-sentence: the sentence goes on
+            hold=msg.hold,
         )
         resampler: StreamResampler | None = None
         samples_16k = 0
@@ -867,8 +911,8 @@ class BaseTTS:
 
     def _log_timing(self, sentence: str, started: float, out: _Utterance, samples: int) -> None:
         audio_s = samples / SAMPLE_RATE
-        synth_s = time.perf_counter() - started - out.sink_seconds
-        first_ms = (out.first_chunk_at - started) * 1000 if out.first_chunk_at else float("nan")
+        synth_s = time.perf_counter() - started - out.sink_seconds - out.held_seconds
+        first_ms = (out.first_chunk_at - started - out.held_seconds) * 1000 if out.first_chunk_at else float("nan")
         log.info(
             "%s: %s spoke %d chars: first chunk after %.0f ms, %.2f s audio, real-time factor %.3f",
             self.name, self.engine.name, len(sentence), first_ms, audio_s, synth_s / audio_s,

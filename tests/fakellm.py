@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -31,6 +32,9 @@ class Script:
     drop_after: int | None = None  # close the connection instead of sending chunk N
     gate: threading.Event | None = None  # wait for it before sending chunk `gate_at`
     gate_at: int = 0
+    # The answer as a function of the question (the last user message), word by word, instead
+    # of `chunks`: a script that can stand for several requests of unknown order.
+    respond: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -140,7 +144,11 @@ class FakeLLM:
         try:
             if script.first_delay:
                 await asyncio.sleep(script.first_delay)
-            for i, text in enumerate(script.chunks):
+            chunks = script.chunks
+            if script.respond is not None:
+                question = next((m["content"] for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
+                chunks = [w + " " for w in script.respond(question).split()]
+            for i, text in enumerate(chunks):
                 if script.gate is not None and i == script.gate_at:
                     while not script.gate.is_set():
                         await asyncio.sleep(0.01)

@@ -120,7 +120,7 @@ def test_join_pieces_puts_no_space_after_chinese() -> None:
     assert join_pieces(["Sure,", "it is."]) == "Sure, it is."
 
 
-# --- how an answer starts: an overdue first piece ------------------------------------------
+# --- how an answer starts: an overdue first piece, a speculation held back -------------------
 
 
 class StallingReply(Reply):
@@ -175,3 +175,35 @@ def test_a_first_clause_slow_to_come_is_spoken_from_its_whole_words() -> None:
     assert first == ["Paris is the"]
     # The rest of the first sentence ends at its clause, not held for the sentence's end.
     assert said == ["Paris is the", "capital of France,", "and it is lovely."]
+
+
+def test_a_speculative_answer_is_synthesised_held_and_played_or_dropped() -> None:
+    async def scenario():
+        said: list[tuple[str, object]] = []
+        backend = WrittenAnswers("Paris is. Lovely.", "Never heard.", "Paris again.")
+        chat = Conversation(backend, lambda piece, _d, _v, _o, hold: said.append((piece, hold)),
+                            lambda event: None, 1, "", 10)
+        kept = chat.speculate("Capital?")
+        await settle(chat)  # the whole answer streamed while held
+        held_then = [(piece, hold is not None and hold.waiting) for piece, hold in said]
+        assert kept.release()  # the stream had ended: still released, not asked again
+        played = [not hold.waiting and not hold.dropped for _, hold in said]
+        chat.on_event(end("Paris is."))
+        chat.on_event(end("Lovely."))
+
+        said.clear()
+        gone = chat.speculate("Capital of...")
+        await settle(chat)
+        await gone.withdraw()  # the user went on talking
+        dropped = [hold.dropped for _, hold in said]
+        await chat.ask("Capital of France?")
+        await settle(chat)
+        return held_then, played, dropped, backend.asked, answers(chat)
+
+    held_then, played, dropped, asked, kept = asyncio.run(scenario())
+    assert held_then == [("Paris is.", True), ("Lovely.", True)]  # sent to TTS at once, held
+    assert played == [True, True]
+    assert dropped == [True]
+    # The withdrawn answer left nothing in the history the next question is asked with.
+    assert [m["content"] for m in asked[2]] == ["Capital?", "Paris is. Lovely.", "Capital of France?"]
+    assert kept == ["Paris is. Lovely.", "Paris again."]

@@ -19,6 +19,7 @@ from audio_util import CHUNK, SAMPLE_RATE, to_16k_mono
 from ttsreal import (
     BaseTTS,
     EspeakEngine,
+    Hold,
     PiperEngine,
     TTSEngine,
     Voice,
@@ -438,6 +439,64 @@ def test_later_pieces_of_a_streamed_answer_are_not_cut_again(piper, run_tts) -> 
     tts.put_msg_txt("Well, that depends on the weather.", opening=False)
     wait_idle(tts)
     assert [e["text"] for _, e in sink.events if e["status"] == "start"] == ["Well, that depends on the weather."]
+
+
+class CountingEngine(TTSEngine):
+    """Piper, telling which sentences it has synthesised."""
+
+    name = "counting"
+    whole_sentences = True
+
+    def __init__(self, piper: PiperEngine) -> None:
+        self.piper = piper
+        self.done: list[str] = []
+        self.cond = threading.Condition()
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        pieces = list(self.piper.synthesize(text, voice))
+        with self.cond:
+            self.done.append(text)
+            self.cond.notify_all()
+        yield from pieces
+
+    def wait_done(self, text: str) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: text in self.done, 20)
+
+
+def test_held_speech_is_synthesised_ahead_and_heard_only_once_released(piper, run_tts) -> None:
+    engine = CountingEngine(piper)
+    sink = Collector()
+    tts = run_tts(engine, sink)
+    kept, dropped = Hold(), Hold()
+    tts.put_msg_txt("Paris is the capital of France.", opening=False, hold=kept)
+    tts.put_msg_txt("Queued behind it.", opening=False)
+    assert engine.wait_done("Paris is the capital of France.")
+    time.sleep(0.3)  # time enough to have sent it
+    assert sink.chunks == []  # synthesised, not heard
+    kept.release()
+    wait_idle(tts)
+    assert sink.starts() == ["Paris is the capital of France.", "Queued behind it."]
+
+    sink2 = Collector()
+    tts2 = run_tts(engine, sink2, name="test-tts-2")
+    tts2.put_msg_txt("Never heard. Nor this.", opening=False, hold=dropped)
+    tts2.put_msg_txt("Heard instead.", opening=False)
+    assert engine.wait_done("Never heard.")
+    dropped.drop()  # the user went on talking
+    wait_idle(tts2)
+    assert sink2.starts() == ["Heard instead."]
+    assert "Nor this." not in engine.done  # the rest of a dropped message is not synthesised
+
+    # An interrupt while speech is held: the worker lets it go and speaks what comes next.
+    sink3 = Collector()
+    tts3 = run_tts(engine, sink3, name="test-tts-3")
+    tts3.put_msg_txt("Held forever.", opening=False, hold=Hold())
+    assert engine.wait_done("Held forever.")
+    tts3.flush()
+    tts3.put_msg_txt("After the interrupt.", opening=False)
+    wait_idle(tts3)
+    assert sink3.starts() == ["After the interrupt."]
 
 
 def trailing_quiet_s(sink: Collector, text: str) -> float:

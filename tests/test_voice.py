@@ -18,7 +18,7 @@ from conftest import RunningServer, llm_server
 from fakellm import FakeLLM, Script
 from livepeer import LivePeer
 from portrait_geometry import sway_box
-from speech_samples import espeak_speech, word_error_rate
+from speech_samples import espeak_speech, word_error_rate, words
 from sseclient import SseClient
 
 QUESTION = "What is the capital of France?"
@@ -93,6 +93,40 @@ def test_a_spoken_question_is_transcribed_answered_and_spoken(voice_server, fake
     assert any(e["status"] == "start" and "Paris" in e["text"] for e in events)
     assert len(heard) > 50, "the answer was not heard"
     assert stats["utterances"] == 1 and stats["transcripts"] == 1 and stats["barge_ins"] == 0
+
+
+def test_an_answer_started_at_a_pause_is_dropped_when_the_user_goes_on(fake_llm):
+    # The answer to what was said before the pause is started and synthesised at once, held
+    # back, and thrown away when the question goes on; only the whole question is answered.
+    def respond(question: str) -> str:
+        return "Withdrawn answer." if len(words(question)) <= 4 else "Here is one, about a cat."
+
+    fake_llm.default = Script(respond=respond)
+    srv = llm_server(fake_llm.url, "--asr_silence_ms", "1500")  # a pause of 0.9 s does not end it
+    question = np.concatenate([espeak_speech("Tell me a joke"), np.zeros(14400, np.float32),
+                               espeak_speech("about a cat.")])
+
+    async def scenario():
+        mic = SpeechTrack()
+        async with talking_peer(srv, mic, asr_mode="chat") as (_, peer, sse, _):
+            mic.say(question)
+            final = await sse.wait_for(lambda e: e["status"] == "transcript" and e["final"], 30)
+            await sse.wait_for(lambda e: e["status"] == "end" and "cat" in e["text"], 30)
+            await asyncio.sleep(1.0)  # what a leaked answer would need to be heard
+            return final, sse.events, srv.live.inputs[peer.sessionid].describe()
+
+    try:
+        final, events, stats = asyncio.run(scenario())
+    finally:
+        fake_llm.default = Script()
+        srv.stop()
+    asked = [r["messages"][-1]["content"] for r in fake_llm.requests[-stats["speculations_dropped"] - 1 :]]
+    assert stats["speculations_dropped"] >= 1 and all(len(words(q)) <= 4 for q in asked[:-1]), asked
+    # The whole question was asked ("about a cat" itself is not what this test is about).
+    assert words(final["text"])[:4] == ["tell", "me", "a", "joke"] and len(words(final["text"])) > 4, final
+    spoken = [e["text"] for e in events if e["status"] == "start"]
+    assert spoken and not any("Withdrawn" in text for text in spoken), spoken
+    assert stats["speculations_used"] == 1 and stats["transcripts"] == 1
 
 
 def test_echo_mode_speaks_the_transcript_back_and_a_stereo_44k_mic_works(voice_server):
