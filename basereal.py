@@ -467,7 +467,10 @@ class BaseReal:
         )
         lead = max(PLAYER_SLACK_UNITS, math.ceil(1.5 * self._batch_seconds / SLOT_SECONDS))
         self.player.capacity = self.batch_size + lead
-        self.player.preempt_keep = math.ceil(1.25 * self._batch_seconds / SLOT_SECONDS)
+        # Rounded down: the speech's first picture may come up to one slot late (the frame
+        # before shows once more, during its first consonant) rather than every reply waiting
+        # one slot longer; a fast model (a batch within a slot) keeps no idle unit ahead of it.
+        self.player.preempt_keep = math.floor(1.25 * self._batch_seconds / SLOT_SECONDS)
 
     def _render_batch(self, window: np.ndarray | None, indices: Sequence[int], live: list[int],
                       looks: Sequence[Look] | None = None) -> list[np.ndarray]:

@@ -77,6 +77,7 @@ class HumanPlayer:
     ) -> None:
         self.capacity = capacity
         self.preempt_keep = 1  # units left in place when speech preempts idle ones
+        self._preempting = False  # the next unit pushed replaces the idle units queued
         self.poster: np.ndarray | None = None  # shown until the first frame is rendered
         self._units: deque[Unit] = deque()
         self._cond = threading.Condition()
@@ -112,15 +113,16 @@ class HumanPlayer:
         """Wait until `n_units` fit without passing capacity. False on timeout or close.
 
         Idle units are only a placeholder for silence: when `urgent()` says speech is waiting
-        and the queue ends in idle units, they are dropped (all but `preempt_keep`, the time
-        the speech's pictures need to be rendered) and the speech goes out next instead of
-        waiting behind them.
+        and the queue ends in idle units, the next units pushed replace them (all but
+        `preempt_keep`, the slots the speech's pictures need to be rendered) and the speech
+        goes out next instead of waiting behind them. They are dropped as the next unit is
+        pushed, not before: in between, the clock would find nothing to play.
         """
         need = max(self.capacity - n_units, 0)
-        keep = max(1, self.preempt_keep)
 
         def preempt() -> bool:
-            return urgent is not None and len(self._units) > keep and not self._units[-1].speech and urgent()
+            return (urgent is not None and len(self._units) > self.preempt_keep and not self._units[-1].speech
+                    and urgent())
 
         with self._cond:
             self._cond.wait_for(lambda: self._closed or len(self._units) <= need or preempt(), timeout)
@@ -129,9 +131,7 @@ class HumanPlayer:
             if len(self._units) > need:
                 if not preempt():
                     return False
-                while len(self._units) > keep and not self._units[-1].speech:
-                    self._units.pop().gone = True
-                    self.idle_units_dropped += 1
+                self._preempting = True
             return True
 
     def poke(self) -> None:
@@ -141,8 +141,14 @@ class HumanPlayer:
 
     def push(self, unit: Unit) -> None:
         with self._cond:
-            if not self._closed:
-                self._units.append(unit)
+            if self._closed:
+                return
+            if self._preempting:
+                self._preempting = False
+                while len(self._units) > self.preempt_keep and not self._units[-1].speech:
+                    self._units.pop().gone = True
+                    self.idle_units_dropped += 1
+            self._units.append(unit)
 
     def clear(self) -> None:
         """Drop every unit not yet played, and silence the speech already played but not yet

@@ -109,26 +109,32 @@ def test_a_slot_keeps_its_unit_after_the_clock_passed_it_and_an_empty_slot_is_a_
     assert player.slots_missed == 1 and player.slots_played == 5
 
 
-def test_waiting_speech_drops_idle_units_but_never_speech():
+def test_waiting_speech_replaces_idle_units_but_never_speech():
     player = HumanPlayer(capacity=6)
     queued = [unit(0.1, True), unit(0.2, True)] + [unit(0, False) for _ in range(4)]
     for u in queued:
         player.push(u)
     assert not player.wait_for_room(4, timeout=0.01)  # full, and nothing urgent
     assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
-    assert [player.unit_for_slot(s) for s in range(2)] == queued[:2]  # the speech stays, next
-    assert player.unit_for_slot(2) is None
+    new = unit(0.3, True)
+    player.push(new)
+    assert [player.unit_for_slot(s) for s in range(3)] == [*queued[:2], new]  # the speech stays, then the new
     assert player.idle_units_dropped == 4 and all(u.gone for u in queued[2:])
 
 
-def test_preemption_of_an_idle_queue_keeps_one_unit_so_playback_never_runs_dry():
+def test_preempted_idle_units_go_only_as_the_speech_comes_so_playback_never_runs_dry():
     player = HumanPlayer(capacity=6)
+    player.preempt_keep = 0  # a fast model: its speech may play in the very next slot
     queued = [unit(0, False) for _ in range(6)]
     for u in queued:
         player.push(u)
     assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    # The clock plays before the speech is pushed: it still has an idle unit to play.
     assert player.unit_for_slot(0) is queued[0]
-    assert player.idle_units_dropped == 5
+    speech_unit = unit(0.1, True)
+    player.push(speech_unit)
+    assert player.unit_for_slot(1) is speech_unit
+    assert player.idle_units_dropped == 5 and player.slots_missed == 0
 
 
 def test_preemption_keeps_as_many_idle_units_as_rendering_needs():
@@ -137,6 +143,7 @@ def test_preemption_keeps_as_many_idle_units_as_rendering_needs():
         player.push(unit(0, False))
     player.preempt_keep = 5  # a slow model needs 5 slots to render the speech's first batch
     assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    player.push(unit(0.1, True))
     assert player.idle_units_dropped == 3
 
 
