@@ -85,22 +85,36 @@ class PieceSplitter:
         return pieces
 
     def overdue(self) -> list[str]:
-        """The first piece has waited long enough for its clause: return its whole words as a
-        piece when they are long enough to say (else nothing). What follows them still ends
-        at its clause, so the rest of the first sentence is not held for its end."""
+        """The first piece has waited long enough for its clause: return its first whole words
+        as a piece, as few as make OVERDUE_MIN_LENGTH (a short piece is synthesised sooner),
+        or nothing when there are not enough yet. What follows still ends at its clause, so
+        the rest of the first sentence is not held for its end."""
         if not self._first:
             return []
         buf = self._buf
-        # Words are whole up to the last space (the token after it may go on: "capital" ->
-        # "capitals"); a CJK character is whole when it arrives.
-        cut = len(buf) if buf and is_cjk(buf[-1]) else buf.rfind(" ")
-        if cut <= 0 or spoken_length(buf[:cut]) < OVERDUE_MIN_LENGTH:
+        cut = self._words_end(buf)
+        if cut is None:
             return []
         pieces: list[str] = []
         self._emit(buf[:cut], pieces)
         self._buf, self._scan = buf[cut:].lstrip(), 0
         self._first = True
         return pieces
+
+    @staticmethod
+    def _words_end(buf: str) -> int | None:
+        """Where the first whole words of `buf` reach OVERDUE_MIN_LENGTH: before a space (the
+        token after the last space may go on: "capital" -> "capitals"), or after a CJK
+        character (whole when it arrives); None when they do not yet."""
+        length = 0  # spoken length of buf[:i]
+        for i, ch in enumerate(buf):
+            if ch.isspace() and length >= OVERDUE_MIN_LENGTH:
+                return i
+            if ch.isalnum():
+                length += 2 if is_cjk(ch) else 1
+            if is_cjk(ch) and length >= OVERDUE_MIN_LENGTH:
+                return i + 1
+        return None
 
     def _cut(self, final: bool) -> list[str]:
         pieces: list[str] = []

@@ -78,3 +78,16 @@ def test_the_whole_text_survives_any_chunking():
     text = "First, a clause. Then a sentence! 然后，中文。And the tail"
     for step in (1, 2, 5, 100):
         assert "".join(pieces(text, step)).replace(" ", "") == text.replace(" ", "")
+
+
+def test_an_overdue_first_piece_is_its_first_whole_words_long_enough_to_say():
+    splitter = PieceSplitter()
+    assert splitter.feed("Paris is") == [] and splitter.overdue() == []  # "is" may go on: one word
+    assert splitter.feed(" the capital") == []
+    assert splitter.overdue() == ["Paris is the"]  # as few words as make a piece, so it is quick to say
+    assert splitter.feed(" of France, and more.") == ["capital of France,"]  # the clause still ends a piece
+    assert splitter.overdue() == []  # only the first piece is ever cut at words
+    assert splitter.finish() == ["and more."]
+    chinese = PieceSplitter()
+    chinese.feed("巴黎是法国的首都")
+    assert chinese.overdue() == ["巴黎是法国"]  # characters are whole as they come
