@@ -306,7 +306,7 @@ class Conversation:
         log.info("session %s: piece %d to TTS after %.0f ms: %r", self.sessionid, number, _ms(started), piece[:80])
         while True:
             try:
-                # The splitter already cut the first piece at its first clause: TTS keeps pieces whole.
+                # The splitter already cut the first piece (at its clause or first words): TTS keeps pieces whole.
                 self._say(piece, datainfo, voice, False, turn.held.hold if turn.held else None)
                 break
             except SpeechRefused as exc:
@@ -346,9 +346,13 @@ class Speculation:
         self._held.hold.release()
         return True
 
+    def drop_speech(self) -> None:
+        """Throw away what is synthesised of it now (withdraw finishes the job)."""
+        self._held.hold.drop()
+
     async def withdraw(self) -> None:
         """The user went on talking: drop the answer, its speech and its stream."""
-        self._held.hold.drop()
+        self.drop_speech()
         if not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task])

@@ -504,6 +504,9 @@ class Hold:
     on with): its audio waits, ready, until `release` plays it or `drop` throws it away."""
 
     POLL_S = 0.05  # how often a waiting worker checks whether its speech was abandoned
+    # A hold is decided within the end of an utterance and its transcript; one forgotten by a
+    # bug must not keep the session's voice waiting behind it for good.
+    MAX_WAIT_S = 30.0
 
     def __init__(self) -> None:
         self._decided = threading.Event()
@@ -523,9 +526,13 @@ class Hold:
 
     def wait(self, abandoned: Callable[[], bool]) -> bool:
         """Block until decided, or the speech is abandoned (an interrupt); True: play it."""
+        deadline = time.monotonic() + self.MAX_WAIT_S
         while not self._decided.wait(self.POLL_S):
             if abandoned():
                 return False
+            if time.monotonic() > deadline:
+                log.error("speech held for %.0f s was neither released nor dropped: dropped", self.MAX_WAIT_S)
+                self.drop()
         return not self.dropped
 
 

@@ -118,6 +118,9 @@ class VoiceInput:
         self.mode = mode
         if fields is not None:
             self.fields = dict(fields)
+        if mode == "off" and self._current is not None:
+            self._drop_speculation(self._current)  # nobody listens to the rest of it
+            self._current = None
         if self._listener is not None:
             self._listener.active = mode != "off"
         log.info("session %s: speech input mode %s", self.sessionid, mode)
@@ -127,6 +130,8 @@ class VoiceInput:
         if self._closed:
             return
         self._closed = True
+        if self._current is not None:
+            self._drop_speculation(self._current)
         tasks = [t for t in (self._reader, *self._finals, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -249,8 +254,13 @@ class VoiceInput:
             utterance.transcript = None
         if utterance.speculation is not None:
             self.stats.speculations_dropped += 1
-            self._spawn(utterance.speculation.withdraw())
-            utterance.speculation = None
+            self._withdraw(utterance)
+
+    def _withdraw(self, utterance: _Utterance) -> None:
+        # Its speech is dropped now, even if the task closing its stream never gets to run.
+        speculation, utterance.speculation = utterance.speculation, None
+        speculation.drop_speech()
+        self._spawn(speculation.withdraw())
 
     def _finish(self, utterance: _Utterance, heard: Heard) -> None:
         waiting = [t for t in self._finals if not t.done()]
@@ -272,6 +282,10 @@ class VoiceInput:
         extra = utterance.extra
         try:
             text = await transcript if transcript is not None else await self._transcribe(heard)
+        except asyncio.CancelledError:
+            if utterance.speculation is not None:  # dropped (speech-to-text behind) or closing
+                self._withdraw(utterance)
+            raise
         except SttError as exc:
             self.stats.stt_errors += 1
             log.warning("session %s: speech-to-text failed: %s", self.sessionid, exc.msg)

@@ -464,7 +464,7 @@ class CountingEngine(TTSEngine):
             return self.cond.wait_for(lambda: text in self.done, 20)
 
 
-def test_held_speech_is_synthesised_ahead_and_heard_only_once_released(piper, run_tts) -> None:
+def test_held_speech_is_synthesised_ahead_and_heard_only_once_released(piper, run_tts, monkeypatch) -> None:
     engine = CountingEngine(piper)
     sink = Collector()
     tts = run_tts(engine, sink)
@@ -497,6 +497,14 @@ def test_held_speech_is_synthesised_ahead_and_heard_only_once_released(piper, ru
     tts3.put_msg_txt("After the interrupt.", opening=False)
     wait_idle(tts3)
     assert sink3.starts() == ["After the interrupt."]
+
+    # A hold nobody decides (a bug) gives the voice back after Hold.MAX_WAIT_S.
+    monkeypatch.setattr(Hold, "MAX_WAIT_S", 0.3)
+    forgotten = Hold()
+    tts3.put_msg_txt("Forgotten.", opening=False, hold=forgotten)
+    tts3.put_msg_txt("Not stuck behind it.", opening=False)
+    wait_idle(tts3)
+    assert sink3.starts() == ["After the interrupt.", "Not stuck behind it."] and forgotten.dropped
 
 
 def trailing_quiet_s(sink: Collector, text: str) -> float:
