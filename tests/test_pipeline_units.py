@@ -137,6 +137,17 @@ def test_preempted_idle_units_go_only_as_the_speech_comes_so_playback_never_runs
     assert player.idle_units_dropped == 5 and player.slots_missed == 0
 
 
+def test_a_fast_models_speech_plays_in_the_next_slot():
+    player = HumanPlayer(capacity=6)
+    player.preempt_keep = 0  # its batch renders within a slot: no idle unit is kept ahead
+    for _ in range(4):
+        player.push(unit(0, False))
+    assert player.wait_for_room(4, timeout=0.01, urgent=lambda: True)
+    speech_unit = unit(0.1, True)
+    player.push(speech_unit)
+    assert player.unit_for_slot(0) is speech_unit
+
+
 def test_preemption_keeps_as_many_idle_units_as_rendering_needs():
     player = HumanPlayer(capacity=8)
     for _ in range(8):

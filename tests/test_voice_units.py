@@ -3,6 +3,7 @@ on speech, silence and noise, and the echo guard telling the avatar's voice from
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -11,7 +12,9 @@ from inputs.echo import EchoGuard
 from inputs.listener import ECHO_WINDOW_S, Heard, Listener, MediaClock
 from inputs.utterance import Segmenter, SegmenterConfig
 from inputs.vad import WINDOW, VoiceActivity
+from inputs.voice import Hooks, VoiceInput
 from speech_samples import espeak_speech
+from stt.base import SpeechToText
 
 W = np.zeros(WINDOW, np.float32)
 
@@ -165,3 +168,61 @@ def test_media_clock_stamps_late_and_bunched_pieces_with_the_time_they_should_ha
     slow = MediaClock()
     last = [slow.time(200.0 + 1.0005 * i, float(i)) for i in range(100)][-1]
     assert last - (200.0 + 99) > 0.03
+
+
+class WrittenStt(SpeechToText):
+    """Speech-to-text that hears the same words in any audio, at once."""
+
+    name = "written"
+
+    @classmethod
+    def load(cls, opt):
+        return cls()
+
+    async def transcribe(self, audio, partial=False):
+        return "Tell me a joke"
+
+
+class HeldAnswer:
+    """What Conversation.speculate returns, recording what became of it."""
+
+    def __init__(self) -> None:
+        self.fate: list[str] = []
+
+    def release(self) -> bool:
+        self.fate.append("released")
+        return True
+
+    def drop_speech(self) -> None:
+        self.fate.append("dropped")
+
+    async def withdraw(self) -> None:
+        self.fate.append("withdrawn")
+
+
+def test_an_answer_held_for_an_utterance_nobody_finishes_is_dropped():
+    # Speech held for an answer waits in the session's TTS, and what is said after it waits
+    # behind it: when the utterance will never end (the mode goes off, the input closes),
+    # its answer must be dropped, not left holding the voice.
+    async def scenario(end) -> list[str]:
+        held = HeldAnswer()
+        hooks = Hooks(interrupt=None, say=None, ask=None, speculate=lambda text, extra: held,
+                      publish=lambda event: None)
+        voice = VoiceInput(1, WrittenStt(), hooks)
+        voice._on_heard(Heard("listening", 1))
+        voice._on_heard(Heard("pause", 1, np.zeros(16000, np.float32)))
+        for _ in range(20):  # the transcript, then the speculation started on it
+            await asyncio.sleep(0)
+        assert held.fate == []  # held: neither heard nor dropped
+        await end(voice)
+        await asyncio.sleep(0)
+        return held.fate
+
+    async def off(voice):
+        voice.set_mode("off")
+
+    async def closed(voice):
+        await voice.close()
+
+    assert asyncio.run(scenario(off))[0] == "dropped"
+    assert asyncio.run(scenario(closed))[0] == "dropped"
