@@ -106,14 +106,10 @@ class PieceSplitter:
         """Where the first whole words of `buf` reach OVERDUE_MIN_LENGTH: before a space (the
         token after the last space may go on: "capital" -> "capitals"), or after a CJK
         character (whole when it arrives); None when they do not yet."""
-        length = 0  # spoken length of buf[:i]
         for i, ch in enumerate(buf):
-            if ch.isspace() and length >= OVERDUE_MIN_LENGTH:
-                return i
-            if ch.isalnum():
-                length += 2 if is_cjk(ch) else 1
-            if is_cjk(ch) and length >= OVERDUE_MIN_LENGTH:
-                return i + 1
+            end = i + 1 if is_cjk(ch) else i if ch.isspace() else 0
+            if end and spoken_length(buf[:end]) >= OVERDUE_MIN_LENGTH:
+                return end
         return None
 
     def _cut(self, final: bool) -> list[str]:
