@@ -14,9 +14,18 @@ late and squeezes it when they bunch up, so the echo of one second may be 40 ms 
 end than at its start (one fixed delay then scored 0.6-0.8 for a pure echo with one 40 ms
 gap). So the window is compared in 250 ms pieces, each at its own delay, the delays of
 neighbouring pieces at most 50 ms apart, and the best such path is its score.
+
+A contour alone cannot tell a voice that has only just begun: 100 ms of onset after a second
+of quiet matches some onset in the reference. The echo's level can. An echo is the reference
+through a fixed path, so while the reference was loud the mic showed how loud its echo comes
+back at each delay (or that it does not come back at all: headphones). A voice louder than
+that echo level at every plausible delay, by a margin, is not the echo, however its contour
+looks (`louder_than_echo`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,13 +33,28 @@ from inputs.vad import SAMPLE_RATE
 
 HOP = SAMPLE_RATE // 100  # 10 ms envelope frames
 FRAME = 2 * HOP  # each frame's spectrum is taken over 20 ms
-HISTORY_S = 3.0
 MAX_DELAY_S = 1.2  # speakers, room, capture, both network paths and their jitter on a busy machine
+LEVEL_WINDOW_S = 3.0  # the mic the echo's level is read over (see over_echo)
+HISTORY_S = LEVEL_WINDOW_S + MAX_DELAY_S + 0.3
 # Envelope correlation along the best delays at or above which the mic is echo (measured over
 # 1 s: see inputs.listener.ECHO_WINDOW_S).
 ECHO_CORRELATION = 0.8
 PIECE = 25  # frames (250 ms) compared at one delay
 DRIFT = 5  # frames (50 ms) the delay may change from one piece to the next
+# The level test (over_echo): reference frames within LOUD_REFERENCE decades of its loudest
+# show the echo's gain; MIN_GAIN_FRAMES of them (100 ms) make a delay's gain known; a voice
+# LOUDER_MARGIN decades (10 dB) over the echo at every delay is not the echo.
+LOUD_REFERENCE = 1.5
+MIN_GAIN_FRAMES = 10
+LOUDER_MARGIN = 1.0
+KNOWN_SHARE = 0.5  # delays read (the shortest first) before the gain of the others is bounded
+UNKNOWN_GAIN = 1.0  # the loudest an echo may come back where its gain is unknown (10 dB over the reference)
+ONSET_MATCH = 0.5  # a voice whose contour follows the reference this closely at a delay may be its echo
+MIN_VOICE_FRAMES = 5  # the voice judged is at least its last 50 ms
+MAX_VOICE_FRAMES = 30  # and at most its last 300 ms
+# Frames just before the voice are not read for the echo's gain: the VAD may have been slow to
+# count the voice's first sounds, which would make the echo seem as loud as the voice.
+VOICE_GUARD_FRAMES = 10
 _BAND_EDGES = np.geomspace(150.0, 4000.0, 7)  # six bands across the speech range
 _DYNAMIC_RANGE = 3.0  # decades of energy per band: quieter is floor (pauses are not contour)
 _WINDOW = np.hanning(FRAME).astype(np.float32)
@@ -57,16 +81,30 @@ class _Ring:
         return self._buf[-n:]
 
 
-def envelope(samples: np.ndarray) -> np.ndarray:
-    """Log energy per band of each 10 ms hop (frames x bands), clipped to its loudest
-    _DYNAMIC_RANGE decades."""
+def band_energy(samples: np.ndarray) -> np.ndarray:
+    """Log energy per band of each 10 ms hop (frames x bands)."""
     count = (samples.size - FRAME) // HOP + 1
     if count <= 0:
         return np.zeros((0, len(_BANDS)), np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(samples, FRAME)[::HOP][:count] * _WINDOW
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    energy = np.log10(np.stack([power[:, band].sum(axis=1) for band in _BANDS], axis=1) + 1e-9)
+    return np.log10(np.stack([power[:, band].sum(axis=1) for band in _BANDS], axis=1) + 1e-9)
+
+
+def envelope(samples: np.ndarray) -> np.ndarray:
+    """band_energy clipped to its loudest _DYNAMIC_RANGE decades per band."""
+    return _clipped(band_energy(samples))
+
+
+def _clipped(energy: np.ndarray) -> np.ndarray:
+    if energy.shape[0] == 0:
+        return energy
     return np.maximum(energy, energy.max(axis=0) - _DYNAMIC_RANGE)
+
+
+def _level(energy: np.ndarray) -> np.ndarray:
+    """Log energy of each frame over the speech bands."""
+    return np.log10(np.sum(10.0 ** energy, axis=1) + 1e-9)
 
 
 class EchoGuard:
@@ -93,21 +131,79 @@ class EchoGuard:
         """Whether the session sent speech in the last `seconds` (its echo may still arrive)."""
         return self._speech_samples_ago is not None and self._speech_samples_ago <= seconds * SAMPLE_RATE
 
-    def echo_correlation(self, seconds: float) -> float:
-        """How closely the mic's last `seconds` follow the reference along the best path of
-        delays (-1..1)."""
+    def compare(self, seconds: float, voice_s: float = 0.0) -> Comparison:
+        """The mic's last `seconds` against the reference: how closely they follow it along
+        the best path of delays, and how much louder its last `voice_s` (the voice being
+        judged) is than the echo could be, the echo's level read over LEVEL_WINDOW_S."""
         frames = int(seconds * SAMPLE_RATE) // HOP
+        level_frames = max(frames, int(LEVEL_WINDOW_S * SAMPLE_RATE) // HOP)
         delay = int(MAX_DELAY_S * SAMPLE_RATE) // HOP
-        mic = envelope(self._mic.last((frames - 1) * HOP + FRAME))
-        reference = envelope(self._reference.last((frames + delay - 1) * HOP + FRAME))
+        # Both spans end with the newest sample, so their last frames line up.
+        mic = band_energy(self._mic.last((level_frames - 1) * HOP + FRAME))
+        reference = band_energy(self._reference.last((level_frames + delay - 1) * HOP + FRAME))
         if mic.shape[0] < 5:
-            return 0.0
-        score, offset = follows(mic, reference)
-        self.delay_s = (reference.shape[0] - mic.shape[0] - offset) * HOP / SAMPLE_RATE
-        return score
+            return Comparison(0.0, -UNKNOWN_GAIN)
+        near_mic, near_reference = mic[-frames:], reference[-(frames + delay) :]
+        score, offset = follows(_clipped(near_mic), _clipped(near_reference))
+        self.delay_s = (near_reference.shape[0] - near_mic.shape[0] - offset) * HOP / SAMPLE_RATE
+        voice = max(MIN_VOICE_FRAMES, round(voice_s * SAMPLE_RATE / HOP))
+        return Comparison(score, over_echo(mic, reference, voice))
+
+    def echo_correlation(self, seconds: float) -> float:
+        return self.compare(seconds).correlation
 
     def is_echo(self, seconds: float) -> bool:
         return self.echo_correlation(seconds) >= ECHO_CORRELATION
+
+
+@dataclass(frozen=True)
+class Comparison:
+    correlation: float  # -1..1 (see follows)
+    over_echo: float  # decades the voice is louder than the echo at any delay (see over_echo)
+
+    @property
+    def louder_than_echo(self) -> bool:
+        """The voice cannot be the echo at any delay."""
+        return self.over_echo >= LOUDER_MARGIN
+
+
+def over_echo(mic_bands: np.ndarray, reference_bands: np.ndarray, voice: int) -> float:
+    """How much louder (log10 of power) the mic's last `voice` frames are than the echo of the
+    reference at the delay that explains them best (mic frame i echoing reference frame d + i,
+    as in follows); both given as band_energy.
+
+    The echo's gain at a delay is read off the frames before the voice (but the last
+    VOICE_GUARD_FRAMES) where the reference was loud (LOUD_REFERENCE): the median of mic minus
+    reference level; at most its neighbours' within DRIFT. A delay with fewer than
+    MIN_GAIN_FRAMES such frames was not heard yet (the avatar had only just started to speak):
+    once KNOWN_SHARE of the delays are read, its gain is the highest read at any; before that,
+    the echo may be as loud as UNKNOWN_GAIN there if the voice follows the reference's contour
+    at that delay (it would be the echo of the avatar's first words).
+    """
+    mic, reference = _level(mic_bands), _level(reference_bands)
+    frames = mic.shape[0]
+    offsets = reference.shape[0] - frames + 1
+    learn = frames - voice - VOICE_GUARD_FRAMES  # frames the echo's gain is read from
+    judged = min(voice, MAX_VOICE_FRAMES)  # the voice's frames compared with the echo
+    if offsets <= 0 or voice <= 0 or learn <= 0:
+        return -UNKNOWN_GAIN
+    stretches = np.lib.stride_tricks.sliding_window_view(reference, frames)[:offsets]  # offsets x frames
+    excess = mic[None, :] - stretches  # how much louder the mic is than the reference, per delay and frame
+    loud = stretches[:, :learn] >= reference.max() - LOUD_REFERENCE
+    known = loud.sum(axis=1) >= MIN_GAIN_FRAMES
+    gain = np.full(offsets, UNKNOWN_GAIN)  # log10 of the echo's power gain per delay
+    if known.any():
+        gain[known] = np.nanmedian(np.where(loud[known], excess[known, :learn], np.nan), axis=1)
+    if known.mean() >= KNOWN_SHARE:
+        # Read at a wrong delay the gain comes out lower (the echo's quiet moments meet the
+        # reference's loud ones), so the echo's own is the highest read.
+        gain[~known] = gain[known].max()
+    elif not known.all():
+        scores, _ = _piece_scores(_clipped(mic_bands)[-judged:], _clipped(reference_bands)[frames - judged :])
+        gain[~known & (scores[0] < ONSET_MATCH)] = -np.inf  # the voice does not follow the reference there
+    # The delay drifts (a jitter buffer): the echo's gain at a delay is its neighbours' at most.
+    gain = np.lib.stride_tricks.sliding_window_view(np.pad(gain, DRIFT, mode="edge"), 2 * DRIFT + 1).max(axis=1)
+    return float(np.min(np.median(excess[:, -judged:], axis=1) - gain))
 
 
 def _piece_scores(mic: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,17 +42,23 @@ REFERENCE_HELD = 300  # packets of the session's sound (20 ms) held until the mi
 # After the avatar's last speech its voice may still come back this long: the longest delay the
 # guard looks at, and a little more (the echo of a sentence's end, or of the pause between two).
 AVATAR_ECHO_S = MAX_DELAY_S + 0.2
-BARGE_IN_S = 0.16  # voiced audio that interrupts the avatar (a click or a cough is shorter)
+# The voice that interrupts the avatar (a click or a cough is shorter): its voiced windows and
+# the lead-in just before them (inputs.utterance.LEAD_IN_DB), once it is an utterance.
+BARGE_IN_S = 0.16
 # The mic audio compared with the reference. Offline (espeak, the echo 150 ms late with 40-100 ms
 # gaps and skips as a jitter buffer makes them): the avatar's echo scores 0.73-0.99 over 1 s
 # (median 0.94), another voice 0.62 at most, another voice over the echo 0.73 at most (median
 # 0.51); through aiortc on a loopback under two busy loops the echo mostly scores 0.85-0.99.
 ECHO_WINDOW_S = 1.0
-ECHO_CHECKS = 3  # windows in a row (32 ms each) that must not look like echo before barge-in
-# Below this a window clearly is not the avatar's echo; between it and ECHO_CORRELATION it is
-# unclear: such a window neither drops the utterance nor counts for it (the windows in a row
-# start again).
+ECHO_CHECKS = 3  # windows (32 ms each) that must not look like echo before barge-in
+# Below this a window's contour is not the avatar's echo's; between it and ECHO_CORRELATION it
+# looks enough like it to start the count of ECHO_CHECKS again, without dropping the utterance.
 UNLIKE_ECHO = 0.7
+# A contour unlike the echo's counts only from a voice this far over the echo's level (decades
+# of power, 8 dB; see inputs.echo.over_echo). Offline, with the echo through a jitter buffer
+# that leaves 40-100 ms gaps: 3 of 75 pure echoes interrupted the avatar, against 46 of 75 with
+# the contour alone.
+AUDIBLE_OVER_ECHO = 0.8
 
 
 class MediaClock:
@@ -200,35 +206,48 @@ class Listener:
                 continue
             for event in self._segmenter.feed(window, prob):
                 self._on_event(event)
-            if self._segmenter.in_speech and not self._confirmed:
+            if not (self._segmenter.in_speech or self._segmenter.voiced):
+                self._unlike_echo = 0  # no voice, or one forgotten as a click: its checks with it
+            elif not self._confirmed:
                 self._check_onset()
 
     def _avatar_audible(self) -> bool:
         return self._echo.avatar_spoke_within(AVATAR_ECHO_S)
 
     def _check_onset(self) -> None:
-        """An utterance in progress that has not counted yet: decide whether it does."""
+        """An utterance in progress (or a voice not yet long enough to be one) that has not
+        counted yet: decide whether it does."""
+        started = self._segmenter.in_speech
         if not self._avatar_audible():
-            self._confirm()
+            if started:
+                self._confirm()
             return
         if not self.barge_in:
             self._drop_utterance()  # half-duplex: nobody listens while the avatar speaks
             return
-        # The echo check runs from the onset on, while the voiced audio builds up to the bar,
-        # so the two waits overlap instead of adding up.
-        voiced_s = self._segmenter.voiced_s
-        correlation = self._echo.echo_correlation(ECHO_WINDOW_S)
-        log.debug("%s: %.2f s voiced over the avatar, echo correlation %.2f at %.0f ms", self.name, voiced_s,
-                  correlation, 1000 * self._echo.delay_s)
+        # The echo check runs from the first voiced window on, while the voice builds up to the
+        # bar, so the two waits overlap instead of adding up.
+        sounding_s = self._segmenter.sounding_s
+        compared = self._echo.compare(ECHO_WINDOW_S, sounding_s)
+        louder = compared.louder_than_echo
+        correlation = 0.0 if louder else compared.correlation  # too loud to be the echo: unlike it
+        log.debug("%s: %.2f s of voice over the avatar, echo correlation %.2f at %.0f ms, %.0f dB over the echo",
+                  self.name, sounding_s, compared.correlation, 1000 * self._echo.delay_s, 10 * compared.over_echo)
         if correlation >= ECHO_CORRELATION:
             self.echo_rejected += 1
             self._report(Heard("echo", self._utterance))
             self._drop_utterance()
             return
-        # One window's comparison can miss an echo that has barely begun: it must look like
-        # the user on a few windows in a row.
-        self._unlike_echo = self._unlike_echo + 1 if correlation < UNLIKE_ECHO else 0
-        if self._unlike_echo < ECHO_CHECKS or voiced_s < BARGE_IN_S:
+        # A window counts for the user when the voice is louder than the avatar's echo could
+        # be, or audibly over that echo with a contour unlike the avatar's (a jitter buffer's
+        # gaps make a pure echo's contour look unlike it now and then, never louder). One
+        # window can miss an echo that has barely begun: ECHO_CHECKS must count, with no window
+        # that looks like the echo in between.
+        if louder or (correlation < UNLIKE_ECHO and compared.over_echo >= AUDIBLE_OVER_ECHO):
+            self._unlike_echo += 1
+        elif correlation >= UNLIKE_ECHO:
+            self._unlike_echo = 0
+        if not started or self._unlike_echo < ECHO_CHECKS or sounding_s < BARGE_IN_S:
             return
         self._report(Heard("barge_in", self._utterance))
         self._confirm()
@@ -245,10 +264,9 @@ class Listener:
         self._unlike_echo = 0
 
     def _on_event(self, event: Event) -> None:
-        if event.kind == "onset":
+        if event.kind == "onset":  # the voice checked so far is now an utterance: its checks count
             self._utterance += 1
             self._confirmed = False
-            self._unlike_echo = 0
             return
         if not self._confirmed:
             if event.kind == "end" and not event.cut:

@@ -47,6 +47,11 @@ class Event:
     cut: bool = False
 
 
+# The sound just before the VAD's first voiced window, down to this far under that window,
+# belongs to the same voice: Silero rates a word's first 60-130 ms as speech only late when it
+# starts with a fricative or a breathy onset ("Stop", "Hold"). At most MAX_LEAD_IN_S of it counts.
+LEAD_IN_DB = -20.0
+MAX_LEAD_IN_S = 0.128
 LEVEL_WINDOWS = 100  # voiced windows the voice's level is the median of (3.2 s)
 MIN_LEVEL_WINDOWS = 3  # fewer and the level is not known yet
 
@@ -69,11 +74,13 @@ class Segmenter:
         self._preroll: deque[np.ndarray] = deque(maxlen=_windows(c.preroll_s))
         self._quiet_ratio = None if c.quiet_db is None else 10 ** (c.quiet_db / 20)
         self._levels: deque[float] = deque(maxlen=LEVEL_WINDOWS)  # RMS of the voice's recent windows
+        self._max_lead_in = _windows(MAX_LEAD_IN_S)
         self._reset()
 
     def _reset(self) -> None:
         self.in_speech = False
         self.voiced = 0  # voiced windows of the candidate or utterance
+        self.lead_in = 0  # windows of its sound just before the first voiced one (LEAD_IN_DB)
         self._quiet = 0  # silent windows in a row
         self._windows: list[np.ndarray] = []
         self._since_partial = 0
@@ -84,13 +91,19 @@ class Segmenter:
         """Voiced audio of the current utterance (or of the candidate before its onset)."""
         return self.voiced * WINDOW_SECONDS
 
+    @property
+    def sounding_s(self) -> float:
+        """How long the voice of the current utterance (or candidate) has sounded: its voiced
+        windows and the lead-in the VAD was slow to rate as speech."""
+        return (self.voiced + self.lead_in) * WINDOW_SECONDS
+
     def feed(self, window: np.ndarray, prob: float) -> list[Event]:
         c = self.config
         voiced, silent = prob >= c.speech_prob, prob < c.silence_prob
         if not self.in_speech:
             return self._candidate(window, voiced, silent)
         if self._quiet_ratio is not None:
-            rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float32))))
+            rms = _rms(window)
             if len(self._levels) >= MIN_LEVEL_WINDOWS and rms < self._quiet_ratio * float(np.median(self._levels)):
                 voiced, silent = False, True
             elif voiced:
@@ -124,6 +137,8 @@ class Segmenter:
 
     def _candidate(self, window: np.ndarray, voiced: bool, silent: bool) -> list[Event]:
         if voiced:
+            if self.voiced == 0:
+                self.lead_in = self._lead_in(_rms(window))
             self.voiced += 1
             self._quiet = 0
             self._windows.append(window)
@@ -138,12 +153,22 @@ class Segmenter:
             if self._quiet >= 2:  # the voiced bit was a click or a breath: forget it
                 for w in self._windows:
                     self._preroll.append(w)
-                self.voiced, self._windows = 0, []
+                self.voiced, self.lead_in, self._windows = 0, 0, []
         if self._windows:
             self._windows.append(window)
         else:
             self._preroll.append(window)
         return []
+
+    def _lead_in(self, level: float) -> int:
+        """Windows right before a first voiced window of `level` that sound like its start."""
+        floor = level * 10 ** (LEAD_IN_DB / 20)
+        count = 0
+        for window in reversed(self._preroll):
+            if count >= self._max_lead_in or _rms(window) < floor:
+                break
+            count += 1
+        return count
 
     def _audio(self, trim: bool) -> np.ndarray:
         """The utterance so far; `trim` drops silence past `tail_s` after the last voice."""
@@ -156,3 +181,7 @@ class Segmenter:
         """Forget the utterance in progress (the avatar's echo, a mode switched off)."""
         self._preroll.clear()
         self._reset()
+
+
+def _rms(window: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(window, dtype=np.float32))))

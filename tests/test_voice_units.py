@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from inputs.echo import EchoGuard
+from inputs.echo import LOUDER_MARGIN, EchoGuard
 from inputs.listener import ECHO_WINDOW_S, Heard, Listener, MediaClock
 from inputs.utterance import Segmenter, SegmenterConfig
 from inputs.vad import WINDOW, VoiceActivity
@@ -60,6 +60,23 @@ def test_the_silence_after_the_last_word_counts_even_while_the_vad_still_says_sp
     assert kinds(SegmenterConfig(partial_every_s=10), 0.01) == ["onset"]
 
 
+def test_the_sound_the_vad_is_slow_to_call_speech_counts_for_the_voice():
+    # "Stop": Silero rates the "s" (a fricative) as speech only 100 ms after it starts.
+    seg = Segmenter(SegmenterConfig(partial_every_s=10))
+    for rms, prob in [(0.0005, 0.0)] * 10 + [(0.02, 0.1)] * 3 + [(0.05, 0.9)]:
+        seg.feed(W + rms, prob)
+    assert seg.lead_in == 3 and seg.sounding_s == 4 * 0.032
+    # A lead-in is the start of the voice, not whatever sound came before it, and is bounded.
+    seg = Segmenter(SegmenterConfig(partial_every_s=10))
+    for rms, prob in [(0.02, 0.1)] * 20 + [(0.3, 0.9)]:
+        seg.feed(W + rms, prob)
+    assert seg.lead_in == 0
+    seg = Segmenter(SegmenterConfig(partial_every_s=10))
+    for rms, prob in [(0.02, 0.1)] * 20 + [(0.05, 0.9)]:
+        seg.feed(W + rms, prob)
+    assert seg.lead_in == 4
+
+
 def test_a_monologue_is_cut_into_bounded_utterances():
     seg = Segmenter(SegmenterConfig(max_utterance_s=2.0, partial_every_s=100))
     ends = []
@@ -102,6 +119,24 @@ def test_the_echo_guard_knows_the_avatars_voice_from_another():
         assert not _guard(avatar[:cut], (user + delayed)[:cut]).is_echo(ECHO_WINDOW_S)  # the user talks over it
 
 
+def test_a_voice_far_louder_than_the_avatars_echo_is_not_the_echo():
+    avatar = espeak_speech("The capital of France is Paris, a city on the river Seine with many museums.")
+    user = espeak_speech("What about Germany?", voice="en-gb")
+    rng = np.random.default_rng(2)
+    start = int(2.0 * 16000)
+    voiced = start + int(np.flatnonzero(np.abs(user) > 0.01)[0]) + int(0.15 * 16000)  # 150 ms into the voice
+    delayed = np.concatenate([np.zeros(2400, np.float32), avatar])[: avatar.size]
+    for echo_gain, louder in ((0.0, True), (0.03, True), (0.3, False)):  # headphones, a good canceller, none
+        mic = delayed * echo_gain + rng.normal(0, 0.002, avatar.size).astype(np.float32)
+        mic[start : start + user.size] += user[: avatar.size - start]
+        compared = _guard(avatar[:voiced], mic[:voiced]).compare(ECHO_WINDOW_S, 0.15)
+        assert compared.louder_than_echo == louder, (echo_gain, compared)
+    # The echo itself is never louder than the echo, however the avatar's loudness changes.
+    echo = delayed * 0.3 + rng.normal(0, 0.002, avatar.size).astype(np.float32)
+    for cut in range(int(1.5 * 16000), avatar.size, 1600):
+        assert _guard(avatar[:cut], echo[:cut]).compare(ECHO_WINDOW_S, 0.15).over_echo < LOUDER_MARGIN / 2, cut
+
+
 def _jittered(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`audio` as a receiver's jitter buffer plays it on a busy network: 150 ms late at first,
     40-100 ms of silence put in where packets came late, and as much skipped (never more than
@@ -132,6 +167,62 @@ def test_the_echo_guard_follows_an_echo_stretched_and_squeezed_by_a_jitter_buffe
         for cut in (int(2.0 * 16000), int(3.0 * 16000)):
             assert _guard(avatar[:cut], echo[:cut]).is_echo(ECHO_WINDOW_S), (trial, cut)
             assert not _guard(avatar[:cut], (user * 0.5 + echo)[:cut]).is_echo(ECHO_WINDOW_S), (trial, cut)
+
+
+def _listen(reference: np.ndarray, mic: np.ndarray) -> list[tuple[str, float]]:
+    """What a listener reports (kind, at seconds of mic audio) for a mic heard while the session
+    sends `reference`, packet by packet in step, as its thread would take them."""
+    heard: list[Heard] = []
+    listener = Listener("listen-test", heard.append)
+    listener.close()  # its thread is not needed: the pieces are given here
+    reports = []
+    for i in range(0, min(reference.size, mic.size) - 320, 320):
+        listener._echo.add_reference(reference[i : i + 320], True)
+        before = len(heard)
+        listener._hear(mic[i : i + 320])
+        reports += [(h.kind, (i + 320) / 16000) for h in heard[before:]]
+    return reports
+
+
+AVATAR_TALK = [
+    ("This is a long answer that keeps the avatar talking for a good while, so that the user has time.", "en-us"),
+    ("Paris is the capital of France, and it is a lovely city on the river Seine, with many museums.", "en-gb"),
+    ("Sure, here is a short joke for you. Why did the chicken cross the road? To get to the other side!", "en-us+f3"),
+]
+
+
+def test_the_avatars_echo_through_a_jittery_receiver_never_barges_in():
+    # A jitter buffer's gaps and skips make the echo's contour unlike the avatar's now and
+    # then; with the contour alone most such echoes interrupted the avatar (46 of 75 offline).
+    rng = np.random.default_rng(7)
+    for text, voice in AVATAR_TALK:
+        avatar = espeak_speech(text, voice=voice)
+        for _ in range(3):
+            echo = _jittered(avatar, rng) * rng.uniform(0.05, 0.5)
+            echo += rng.normal(0, 0.002, avatar.size).astype(np.float32)
+            reports = _listen(avatar, echo)
+            assert ("echo" in {kind for kind, _ in reports}), "the echo never reached the guard: proves nothing"
+            assert "barge_in" not in {kind for kind, _ in reports}, (text, reports)
+
+
+def test_a_voice_over_the_avatar_interrupts_it_once_it_is_an_utterance_and_loses_no_words():
+    # Through headphones the avatar's voice does not come back: the user's is not its echo
+    # from its first window on, and interrupts as soon as it is long enough to be speech
+    # (a fricative's lead-in counting, which the VAD calls speech late).
+    rng = np.random.default_rng(3)
+    avatar = espeak_speech(AVATAR_TALK[1][0], voice=AVATAR_TALK[1][1])
+    for text, voice in [("Stop, wait a moment please.", "en-gb"), ("What about Germany?", "en-us"),
+                        ("Sorry, can you repeat that?", "en-gb"), ("Hold on, I want to ask you something.", "en-us")]:
+        user = espeak_speech(text, voice=voice) * 0.6
+        start = int(2.0 * 16000)
+        mic = rng.normal(0, 0.002, avatar.size).astype(np.float32)
+        mic[start : start + user.size] += user[: avatar.size - start]
+        reports = _listen(avatar, mic)
+        kinds = [kind for kind, _ in reports]
+        assert kinds.count("barge_in") == 1 and "echo" not in kinds, (text, reports)
+        onset = (start + int(np.flatnonzero(np.abs(user) > 0.01)[0])) / 16000
+        at = next(t for kind, t in reports if kind == "barge_in")
+        assert at - onset <= 0.3, (text, at - onset)  # of audio, not of wall-clock time
 
 
 def test_the_listener_reports_a_monologue_in_bounded_pieces_and_stops():
