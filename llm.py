@@ -32,6 +32,11 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 CONNECT_TIMEOUT_S = 3.0  # an endpoint that does not accept a connection by then is reported down
 READ_TIMEOUT_S = 60.0  # longest silence between two chunks of a streamed answer
+# How long an idle connection to the endpoint is kept for the next answer. The HTTP client's
+# default (5 s) is shorter than most pauses in a conversation, so nearly every question paid a
+# new TCP and TLS handshake (100-300 ms to a remote endpoint) before its first token. A server
+# that closes sooner is seen to have closed when the connection is next taken, and replaced.
+KEEPALIVE_S = 90.0
 
 NOT_CONFIGURED = (
     "type 'chat' needs an LLM, and this server has none configured: start it with "
@@ -144,6 +149,7 @@ class OpenAIBackend(ChatBackend):
 
     def _get_client(self) -> Any:
         if self._client is None:  # again after aclose, should the server be restarted in-process
+            import httpx2
             import openai
 
             self._client = openai.AsyncOpenAI(
@@ -152,6 +158,10 @@ class OpenAIBackend(ChatBackend):
                 # No retries: a spoken answer that comes seconds late is worse than an error now.
                 max_retries=0,
                 timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                http_client=openai.DefaultAsyncHttpxClient(
+                    limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20,
+                                         keepalive_expiry=KEEPALIVE_S),
+                ),
             )
         return self._client
 

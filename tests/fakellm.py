@@ -45,6 +45,7 @@ class Stream:
     sent: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, chunk) as written
     done: bool = False  # [DONE] was written
     client_closed_at: float | None = None  # the client closed the stream before its end
+    peer: tuple | None = None  # the client's address: one per TCP connection it opened
 
 
 def chunk(text: str | None, model: str, first: bool = False, finish: str | None = None) -> bytes:
@@ -128,7 +129,7 @@ class FakeLLM:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        stream = Stream(body)
+        stream = Stream(body, peer=request.transport.get_extra_info("peername") if request.transport else None)
         self.streams.append(stream)
         script = self.scripts.popleft() if self.scripts else self.default
         if script.status != 200:

@@ -15,6 +15,7 @@ import pytest
 from conftest import RunningServer, llm_server
 from fakellm import FakeLLM, Script
 from livepeer import LivePeer
+from llm import Endpoint, OpenAIBackend
 from portrait_geometry import sway_box
 from sseclient import SseClient
 from waiting import post_json as post
@@ -298,3 +299,26 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
     assert r["chat_again"][0] == 200
     assert r["bad_voice"][0] == 200
     assert "broken.onnx" in r["tts_error"]["msg"] and r["tts_error"]["text"] == "This voice does not exist."
+
+
+def test_a_question_after_a_pause_reuses_the_connection_to_the_llm(fake_llm):
+    # A new connection costs a TCP and a TLS handshake before the first token; the HTTP
+    # client's default kept an idle one 5 s, less than most pauses in a conversation.
+    fake_llm.script(Script(words("Hello there.")), Script(words("Hello again.")))
+
+    async def ask_twice() -> list[str]:
+        backend = OpenAIBackend(Endpoint(fake_llm.url, "test", "no-key"))
+        answers = []
+        try:
+            for pause in (0.0, 6.0):
+                await asyncio.sleep(pause)
+                reply = await backend.open([{"role": "user", "content": "Hi"}], "test")
+                answers.append("".join([delta async for delta in reply]))
+                await reply.aclose()
+        finally:
+            await backend.aclose()
+        return answers
+
+    assert run(ask_twice()) == ["Hello there.", "Hello again."]
+    first, second = fake_llm.streams[-2:]
+    assert first.peer is not None and first.peer == second.peer
