@@ -6,8 +6,8 @@ session's clock, the sound the session sent (the echo guard's reference). What i
 goes back to the event loop as `Heard` items:
 
     listening (the user started talking), barge_in (talking over the avatar: silence it),
-    partial, pause, resume, end (audio for the transcripts), echo (the avatar's own voice,
-    ignored)
+    partial, pause, speculate, resume, end (audio for the transcripts), echo (the avatar's
+    own voice, ignored)
 
 While the avatar is speaking, or its voice may still be coming back, an onset must pass a
 higher bar before it counts: enough voiced audio to rule out a cough or a click, and a mic
@@ -90,7 +90,7 @@ class MediaClock:
 
 @dataclass
 class Heard:
-    kind: str  # listening, barge_in, partial, pause, resume, end, echo
+    kind: str  # listening, barge_in, partial, pause, speculate, resume, end, echo
     utterance: int
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     cut: bool = False

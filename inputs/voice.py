@@ -4,10 +4,10 @@
         -> Heard items -> speech-to-text -> events on /sse -> the chat (or spoken back)
 
 Stages overlap with the user still talking, since the silence that ends an utterance alone
-takes most of the time a reply may take: partial transcripts come while they speak, and at
-the first moment of silence the utterance is transcribed and, in chat mode, its answer is
-started and synthesised, held back until the silence is long enough to end the utterance, or
-thrown away if the user goes on. Utterances are answered in order; a speech-to-text failure
+takes most of the time a reply may take: partial transcripts come while they speak, at the
+first moment of silence the utterance is transcribed and, in chat mode, a moment later its
+answer is started and synthesised, held back until the silence is long enough to end the
+utterance, or thrown away if the user goes on. Utterances are answered in order; a speech-to-text failure
 is told on /sse and the next utterance is tried.
 """
 
@@ -209,7 +209,8 @@ class VoiceInput:
                 current.partial = self._spawn(self._partial(current, heard))
         elif heard.kind == "pause":
             current.transcript = self._spawn(self._transcribe(heard))
-            if self.mode == "chat":
+        elif heard.kind == "speculate":
+            if self.mode == "chat" and current.transcript is not None:
                 self._spawn(self._speculate(current))
         elif heard.kind == "resume":
             self._drop_speculation(current)
