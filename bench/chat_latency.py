@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from e2e import Server  # noqa: E402
 from machine import machine_name  # noqa: E402
 
-from fakellm import FakeLLM, Script  # noqa: E402
+from fakellm import FakeLLM, Script, tokens  # noqa: E402
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import sway_box  # noqa: E402
 from sseclient import SseClient  # noqa: E402
@@ -43,11 +43,6 @@ SPEECH_RMS = 0.02  # a loud packet: speech is clearly audible
 SOUND_RMS = 0.002  # above opus's noise floor: the first quiet onset of the voice
 ANSWER = "Sure thing, the capital of France is Paris. It is famous for its museums and its food."
 TARGET_MS = 300
-
-
-def tokens(text: str) -> list[str]:
-    """One token per word with its leading space, as LLM tokenizers stream English."""
-    return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
 
 
 def answer_over(sse: SseClient, asked: float, quiet_s: float = 1.5) -> bool:

@@ -34,7 +34,7 @@ from machine import machine_name  # noqa: E402
 from mic_tracks import SpeechTrack  # noqa: E402
 
 from appprocess import AppProcess  # noqa: E402
-from fakellm import FakeLLM, Script  # noqa: E402
+from fakellm import FakeLLM, Script, tokens  # noqa: E402
 from livepeer import LivePeer  # noqa: E402
 from portrait_geometry import sway_box  # noqa: E402
 from speech_samples import espeak_speech  # noqa: E402
@@ -48,8 +48,7 @@ LONG_TEXT = " ".join(["This is a long answer that keeps the avatar talking for a
 
 
 def answer_script() -> Script:
-    words = [w + " " for w in ANSWER.split()]
-    return Script(chunks=words, first_delay=0.3, interval=1 / 30)
+    return Script(chunks=tokens(ANSWER), first_delay=0.3, interval=1 / 30)
 
 
 async def connected(http: aiohttp.ClientSession, srv: AppProcess, mic, **fields):

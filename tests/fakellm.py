@@ -48,6 +48,12 @@ class Stream:
     peer: tuple | None = None  # the client's address: one per TCP connection it opened
 
 
+def tokens(text: str) -> list[str]:
+    """One token per word with its leading space, as LLM tokenizers stream English (a word is
+    known to be whole only when the next token comes)."""
+    return [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+
+
 def chunk(text: str | None, model: str, first: bool = False, finish: str | None = None) -> bytes:
     delta: dict = {}
     if first:
@@ -148,7 +154,7 @@ class FakeLLM:
             chunks = script.chunks
             if script.respond is not None:
                 question = next((m["content"] for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
-                chunks = [w + " " for w in script.respond(question).split()]
+                chunks = tokens(script.respond(question))
             for i, text in enumerate(chunks):
                 if script.gate is not None and i == script.gate_at:
                     while not script.gate.is_set():

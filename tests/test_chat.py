@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from conftest import RunningServer, llm_server
-from fakellm import FakeLLM, Script
+from fakellm import FakeLLM, Script, tokens
 from livepeer import LivePeer
 from llm import Endpoint, OpenAIBackend
 from portrait_geometry import sway_box
@@ -27,14 +27,6 @@ LLM_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY")
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def words(text: str) -> list[str]:
-    """Stream text as an LLM does: one token per word, the space in front."""
-    out = []
-    for i, word in enumerate(text.split(" ")):
-        out.append(word if i == 0 else " " + word)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def test_first_clause_is_heard_while_the_llm_still_writes_then_a_follow_up_has_h
     gate = threading.Event()
     answer = "Sure thing, the capital of France is Paris. It is lovely in spring."
     # The stream stops after " the": the first clause is complete, the first sentence is not.
-    fake_llm.script(Script(words(answer), gate=gate, gate_at=3), Script(words("It has about two million people.")))
+    fake_llm.script(Script(tokens(answer), gate=gate, gate_at=3), Script(tokens("It has about two million people.")))
     attached = {"turn": 1, "tag": "q-1"}
 
     async def scenario():
@@ -137,11 +129,11 @@ def test_first_clause_is_heard_while_the_llm_still_writes_then_a_follow_up_has_h
 
 
 def test_interrupt_closes_the_llm_stream_and_forgets_the_answer(chat_server, fake_llm):
-    rambling = words(" ".join(f"Sentence number {n} goes on." for n in range(200)))
+    rambling = tokens(" ".join(f"Sentence number {n} goes on." for n in range(200)))
     fake_llm.script(
         Script(rambling, interval=0.03),
         Script(rambling, interval=0.03),
-        Script(words("Fine, I will stop.")),
+        Script(tokens("Fine, I will stop.")),
         Script(rambling, interval=0.03),
     )
 
@@ -200,7 +192,7 @@ def test_history_keeps_what_was_heard_of_an_answer_cut_while_speaking(chat_serve
     # the stream ended. The history must hold what the user heard, not what the LLM wrote.
     first = "The tower is tall. It was finished in eighteen eighty nine for a world fair. People climb it daily."
     second = "Sorry, I will keep it short. Paris has many museums and the Louvre is the largest of them all."
-    fake_llm.script(Script(words(first)), Script(words(second)), Script(words("Yes.")))
+    fake_llm.script(Script(tokens(first)), Script(tokens(second)), Script(tokens("Yes.")))
 
     async def scenario():
         async with aiohttp.ClientSession() as http:
@@ -255,8 +247,8 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
             finally:
                 fake_llm.come_back()
             fake_llm.script(
-                Script(words("Let me think, the answer is"), error_after=5, message="backend overloaded"),
-                Script(words("Well, this one breaks off"), drop_after=3),
+                Script(tokens("Let me think, the answer is"), error_after=5, message="backend overloaded"),
+                Script(tokens("Well, this one breaks off"), drop_after=3),
             )
             results["mid_stream"] = await post(
                 http, url, {"sessionid": sid, "text": "hi", "type": "chat", "ticket": 41}
@@ -267,7 +259,7 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
                 lambda e: e["status"] == "error" and e is not results["error_event"], 10
             )
             # A chat answer speaks in the request's voice: one that does not load is a TTS error event.
-            fake_llm.script(Script(words("This voice does not exist.")))
+            fake_llm.script(Script(tokens("This voice does not exist.")))
             bad_voice = {"ref_file": "broken"}
             results["bad_voice"] = await post(
                 http, url, {"sessionid": sid, "text": "hi", "type": "chat", "tts": bad_voice, "ticket": 42}
@@ -304,7 +296,7 @@ def test_llm_failures_are_reported_and_the_session_keeps_talking(chat_server, fa
 def test_a_question_after_a_pause_reuses_the_connection_to_the_llm(fake_llm):
     # A new connection costs a TCP and a TLS handshake before the first token; the HTTP
     # client's default kept an idle one 5 s, less than most pauses in a conversation.
-    fake_llm.script(Script(words("Hello there.")), Script(words("Hello again.")))
+    fake_llm.script(Script(tokens("Hello there.")), Script(tokens("Hello again.")))
 
     async def ask_twice() -> list[str]:
         backend = OpenAIBackend(Endpoint(fake_llm.url, "test", "no-key"))

@@ -11,16 +11,17 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from chat import Conversation, join_pieces
+from fakellm import tokens
 from llm import ChatBackend, Reply
 
 
 class WrittenReply(Reply):
     def __init__(self, text: str) -> None:
-        self.words = text.split(" ")
+        self.tokens = tokens(text)
 
     async def deltas(self) -> AsyncIterator[str]:
-        for i, word in enumerate(self.words):
-            yield word if i == 0 else " " + word
+        for token in self.tokens:
+            yield token
 
     async def aclose(self) -> None:
         return None
@@ -128,11 +129,11 @@ class StallingReply(Reply):
     the rest: an LLM that stalls in its first clause."""
 
     def __init__(self, before: str, after: str, go: asyncio.Event) -> None:
-        self.before, self.after, self.go = before.split(" "), after, go
+        self.before, self.after, self.go = tokens(before), after, go
 
     async def deltas(self) -> AsyncIterator[str]:
-        for i, word in enumerate(self.before):
-            yield word if i == 0 else " " + word
+        for token in self.before:
+            yield token
         await self.go.wait()
         yield self.after
 
