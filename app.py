@@ -560,10 +560,10 @@ class LiveTalking:
             except LLMError as exc:
                 hub.publish({**datainfo, "status": "error", "source": "llm", "msg": exc.msg})
 
-        def speculate(text: str, datainfo: dict):
+        def speculate(text: str, datainfo: dict, release_at: float | None = None):
             conversation = self.chats.get(sessionid)
             try:
-                return conversation.speculate(text, datainfo) if conversation is not None else None
+                return conversation.speculate(text, datainfo, release_at=release_at) if conversation else None
             except LLMError:
                 return None
 

@@ -39,6 +39,10 @@ QUEUE_FULL_RETRY_S = 0.25  # how often a piece waiting for room in the speech qu
 # nothing; at 30 tokens a second this starts the voice about 130 ms sooner (a shorter first
 # piece is also synthesised faster).
 FIRST_PIECE_WAIT_S = 0.1
+# A held answer (a speculation) cannot be heard before its question ends: its first piece waits
+# for the clause until this long before then (about what TTS takes to say a few words here),
+# however long or short that is after the first token.
+FIRST_PIECE_LEAD_S = 0.1
 
 Say = Callable[[str, dict, Any, bool, Hold | None], None]  # (piece, datainfo, voice, opening, hold): BaseReal.say
 Publish = Callable[[dict], None]
@@ -50,6 +54,7 @@ class _Held:
 
     hold: Hold = field(default_factory=Hold)
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    release_at: float | None = None  # time.perf_counter() it is expected to be released at
 
 
 @dataclass
@@ -147,16 +152,19 @@ class Conversation:
             opened.cancel()
             log.info("session %s: LLM slow to accept; answering the request now", self.sessionid)
 
-    def speculate(self, question: str, datainfo: dict | None = None, voice: Any = None) -> Speculation:
+    def speculate(
+        self, question: str, datainfo: dict | None = None, voice: Any = None, release_at: float | None = None
+    ) -> Speculation:
         """Start answering a question that may still change (the user paused, and may go on):
         the answer streams and is synthesised, but nothing of it is heard (nor any error told)
-        until released. A withdrawn speculation leaves no trace in the history."""
+        until released, expected at `release_at` (time.perf_counter()) if it is. A withdrawn
+        speculation leaves no trace in the history."""
         if self._closed:
             raise LLMError(503, f"session {self.sessionid} is closing")
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         opened.cancel()  # nobody waits for the endpoint to accept it: failures are events
-        held = _Held()
+        held = _Held(release_at=release_at)
         previous = self._tasks[-1] if self._tasks else None
         task = loop.create_task(
             self._answer(question, dict(datainfo or {}), voice, previous, opened, held), name=f"llm-{self.sessionid}"
@@ -276,7 +284,7 @@ class Conversation:
                         overdue, deadline = True, None
                     else:
                         if not words:
-                            deadline = time.perf_counter() + FIRST_PIECE_WAIT_S
+                            deadline = _first_piece_deadline(held)
                             log.info("session %s: LLM first token after %.0f ms", self.sessionid, _ms(started))
                         words.append(delta)
                         pieces = splitter.feed(delta)
@@ -385,6 +393,14 @@ async def _with_deadlines(reply: Reply, wait: Callable[[], float | None]) -> Asy
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
+
+
+def _first_piece_deadline(held: _Held | None) -> float:
+    """When an answer's first piece, its first token just come, stops waiting for its clause."""
+    now = time.perf_counter()
+    if held is None or held.release_at is None:
+        return now + FIRST_PIECE_WAIT_S
+    return max(now, held.release_at - FIRST_PIECE_LEAD_S)
 
 
 def _resolve(opened: asyncio.Future) -> None:

@@ -19,7 +19,15 @@ _CLAUSES = ",，、:：;；"
 _ASCII_NEEDS_SPACE = ",:;.!?"  # English punctuation ends a piece only before a space (3,000, 10:30)
 CLOSERS = "\"')]}’”」』）】》"
 FIRST_MIN_LENGTH = 6  # spoken length of a first clause worth a pause ("Sure," waits for more)
-OVERDUE_MIN_LENGTH = 10  # spoken length of whole words an overdue first piece needs ("Paris is the")
+OVERDUE_MIN_LENGTH = 6  # spoken length of whole words an overdue first piece needs ("Paris is")
+# English words a phrase does not end on: they lean on the word after them, and a break after
+# one ("Paris is the | capital") sounds broken where a break before it does not ("Paris is | the
+# capital"). An overdue first piece is not cut after one.
+_LEANING = {
+    "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "into", "about", "as",
+    "and", "or", "but", "than", "so", "very", "my", "your", "his", "her", "its", "our", "their",
+    "this", "that", "these", "those", "i", "you", "we", "they", "he", "she", "it",
+}
 MAX_PIECE = 200  # a piece with no end this long is cut at its last comma or space
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "cf", "al", "fig", "approx", "etc", "no"}
 _MARKUP = re.compile(r"[*#`_~]+|^\s*[-•]\s+|^\s*>\s*", re.MULTILINE)  # markdown the voice would read out
@@ -103,12 +111,16 @@ class PieceSplitter:
 
     @staticmethod
     def _words_end(buf: str) -> int | None:
-        """Where the first whole words of `buf` reach OVERDUE_MIN_LENGTH: before a space (the
-        token after the last space may go on: "capital" -> "capitals"), or after a CJK
-        character (whole when it arrives); None when they do not yet."""
+        """Where the first whole words of `buf` reach OVERDUE_MIN_LENGTH and end on a word that
+        does not lean on the next (_LEANING): before a space (the token after the last space
+        may go on: "capital" -> "capitals"), or after a CJK character (whole when it arrives);
+        None when they do not yet."""
         for i, ch in enumerate(buf):
             end = i + 1 if is_cjk(ch) else i if ch.isspace() else 0
-            if end and spoken_length(buf[:end]) >= OVERDUE_MIN_LENGTH:
+            if not end or spoken_length(buf[:end]) < OVERDUE_MIN_LENGTH:
+                continue
+            last = buf[:end].split()[-1].strip(CLOSERS + "\"'(“‘").lower()
+            if is_cjk(ch) or last not in _LEANING:
                 return end
         return None
 

@@ -46,7 +46,8 @@ class Hooks:
     interrupt: Callable[[], Awaitable[None]]  # silence the avatar and stop its answer
     say: Callable[[str, dict], None]  # speak text as it is (echo mode)
     ask: Callable[[str, dict], Awaitable[None]]  # ask the chat (chat mode)
-    speculate: Callable[[str, dict], Speculation | None]  # a held answer; None without chat
+    # A held answer, expected to be released at the time.perf_counter() given; None without chat.
+    speculate: Callable[[str, dict, float], Speculation | None]
     publish: Callable[[dict], None]  # an event on the session's /sse
 
 
@@ -211,7 +212,11 @@ class VoiceInput:
             current.transcript = self._spawn(self._transcribe(heard))
         elif heard.kind == "speculate":
             if self.mode == "chat" and current.transcript is not None:
-                self._spawn(self._speculate(current))
+                # Unless the user goes on, the utterance ends (and its answer is heard) once the
+                # silence has lasted end_silence_s.
+                config = self._config or SegmenterConfig()
+                release_at = time.perf_counter() + config.end_silence_s - config.speculate_s
+                self._spawn(self._speculate(current, release_at))
         elif heard.kind == "resume":
             self._drop_speculation(current)
         elif heard.kind == "end":
@@ -240,14 +245,14 @@ class VoiceInput:
         if text and self._current is utterance and utterance.transcript is None:
             self._hooks.publish({**utterance.extra, "status": "transcript", "text": text, "final": False})
 
-    async def _speculate(self, utterance: _Utterance) -> None:
+    async def _speculate(self, utterance: _Utterance, release_at: float) -> None:
         task = utterance.transcript
         try:
             text = await asyncio.shield(task)
         except (SttError, asyncio.CancelledError):
             return
         if text and utterance.transcript is task and self.mode == "chat" and self._current is utterance:
-            utterance.speculation = self._hooks.speculate(text, utterance.extra)
+            utterance.speculation = self._hooks.speculate(text, utterance.extra, release_at)
 
     def _drop_speculation(self, utterance: _Utterance) -> None:
         if utterance.transcript is not None:

@@ -8,9 +8,10 @@ tried (test_chat.py runs the same end to end through a real server and peer).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
-from chat import Conversation, join_pieces
+from chat import FIRST_PIECE_WAIT_S, Conversation, join_pieces
 from fakellm import tokens
 from llm import ChatBackend, Reply
 
@@ -173,9 +174,28 @@ def test_a_first_clause_slow_to_come_is_spoken_from_its_whole_words() -> None:
         return first, said, answers(chat)
 
     first, said, kept = asyncio.run(scenario())
-    assert first == ["Paris is the"]
+    assert first == ["Paris is"]  # not "Paris is the": "the" leans on the word after it
     # The rest of the first sentence ends at its clause, not held for the sentence's end.
-    assert said == ["Paris is the", "capital of France,", "and it is lovely."]
+    assert said == ["Paris is", "the capital of France,", "and it is lovely."]
+
+
+def test_a_held_answers_first_piece_waits_for_its_clause_until_shortly_before_it_can_be_heard() -> None:
+    # A speculation is heard only when the user's question ends: its first piece may wait for
+    # the clause longer than a typed question's (better said whole), and no longer than that
+    # moment allows (TTS must have said it by then).
+    async def first_piece(release_in: float) -> str:
+        said: list[str] = []
+        backend = StallingAnswer("Paris is the capital", " of France, and it is lovely.")
+        chat = Conversation(backend, lambda piece, *_: said.append(piece), lambda event: None, 1, "", 10)
+        held = chat.speculate("Capital?", release_at=time.perf_counter() + release_in)
+        await asyncio.sleep(3 * FIRST_PIECE_WAIT_S)  # the LLM stalls before its comma
+        backend.go.set()
+        await settle(chat)
+        await held.withdraw()
+        return said[0]
+
+    assert asyncio.run(first_piece(release_in=10.0)) == "Paris is the capital of France,"
+    assert asyncio.run(first_piece(release_in=0.0)) == "Paris is"
 
 
 def test_a_speculative_answer_is_synthesised_held_and_played_or_dropped() -> None:

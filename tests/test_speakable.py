@@ -84,10 +84,17 @@ def test_an_overdue_first_piece_is_its_first_whole_words_long_enough_to_say():
     splitter = PieceSplitter()
     assert splitter.feed("Paris is") == [] and splitter.overdue() == []  # "is" may go on: one word
     assert splitter.feed(" the capital") == []
-    assert splitter.overdue() == ["Paris is the"]  # as few words as make a piece, so it is quick to say
-    assert splitter.feed(" of France, and more.") == ["capital of France,"]  # the clause still ends a piece
+    assert splitter.overdue() == ["Paris is"]  # as few words as make a piece, so it is quick to say
+    assert splitter.feed(" of France, and more.") == ["the capital of France,"]  # the clause still ends a piece
     assert splitter.overdue() == []  # only the first piece is ever cut at words
     assert splitter.finish() == ["and more."]
+    # Nor is it cut after a word that leans on the next: "The capital | of France", not
+    # "The capital of | France"; "It is about two | million".
+    for text, first in [("The capital of France", "The capital"), ("It is about two million", "It is about two"),
+                        ("I think that the answer", "I think")]:
+        splitter = PieceSplitter()
+        splitter.feed(text)
+        assert splitter.overdue() == [first], text
     chinese = PieceSplitter()
     chinese.feed("巴黎是法国的首都")
-    assert chinese.overdue() == ["巴黎是法国"]  # characters are whole as they come
+    assert chinese.overdue() == ["巴黎是"]  # characters are whole as they come

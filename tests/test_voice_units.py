@@ -298,7 +298,7 @@ def test_an_answer_held_for_an_utterance_nobody_finishes_is_dropped():
     # its answer must be dropped, not left holding the voice.
     async def scenario(end) -> list[str]:
         held = HeldAnswer()
-        hooks = Hooks(interrupt=None, say=None, ask=None, speculate=lambda text, extra: held,
+        hooks = Hooks(interrupt=None, say=None, ask=None, speculate=lambda text, extra, release_at: held,
                       publish=lambda event: None)
         voice = VoiceInput(1, WrittenStt(), hooks)
         voice._on_heard(Heard("listening", 1))
