@@ -20,7 +20,7 @@ of quiet matches some onset in the reference. The echo's level can. An echo is t
 through a fixed path, so while the reference was loud the mic showed how loud its echo comes
 back at each delay (or that it does not come back at all: headphones). A voice louder than
 that echo level at every plausible delay, by a margin, is not the echo, however its contour
-looks (`louder_than_echo`).
+looks (`over_echo`).
 """
 
 from __future__ import annotations
@@ -149,11 +149,9 @@ class EchoGuard:
         voice = max(MIN_VOICE_FRAMES, round(voice_s * SAMPLE_RATE / HOP))
         return Comparison(score, over_echo(mic, reference, voice))
 
-    def echo_correlation(self, seconds: float) -> float:
-        return self.compare(seconds).correlation
-
     def is_echo(self, seconds: float) -> bool:
-        return self.echo_correlation(seconds) >= ECHO_CORRELATION
+        """Whether the mic's last `seconds` follow the reference as closely as its echo does."""
+        return self.compare(seconds).correlation >= ECHO_CORRELATION
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,6 @@ class Segmenter:
         self._paused = False
 
     @property
-    def voiced_s(self) -> float:
-        """Voiced audio of the current utterance (or of the candidate before its onset)."""
-        return self.voiced * WINDOW_SECONDS
-
-    @property
     def sounding_s(self) -> float:
         """How long the voice of the current utterance (or candidate) has sounded: its voiced
         windows and the lead-in the VAD was slow to rate as speech."""
