@@ -49,12 +49,15 @@ MIN_GAIN_FRAMES = 10
 LOUDER_MARGIN = 1.0
 KNOWN_SHARE = 0.5  # delays read (the shortest first) before the gain of the others is bounded
 UNKNOWN_GAIN = 1.0  # the loudest an echo may come back where its gain is unknown (10 dB over the reference)
-ONSET_MATCH = 0.5  # a voice whose contour follows the reference this closely at a delay may be its echo
+ONSET_MATCH = 0.4  # a voice whose contour follows the reference this closely at a delay may be its echo
 MIN_VOICE_FRAMES = 5  # the voice judged is at least its last 50 ms
 MAX_VOICE_FRAMES = 30  # and at most its last 300 ms
 # Frames just before the voice are not read for the echo's gain: the VAD may have been slow to
 # count the voice's first sounds, which would make the echo seem as loud as the voice.
 VOICE_GUARD_FRAMES = 10
+# A voice that has gone on this long without counting is read for the echo's gain too, but for
+# its last second: a quiet echo near the noise floor can sound for seconds without a pause.
+MAX_UNREAD_FRAMES = 100
 _BAND_EDGES = np.geomspace(150.0, 4000.0, 7)  # six bands across the speech range
 _DYNAMIC_RANGE = 3.0  # decades of energy per band: quieter is floor (pauses are not contour)
 _WINDOW = np.hanning(FRAME).astype(np.float32)
@@ -171,17 +174,18 @@ def over_echo(mic_bands: np.ndarray, reference_bands: np.ndarray, voice: int) ->
     as in follows); both given as band_energy.
 
     The echo's gain at a delay is read off the frames before the voice (but the last
-    VOICE_GUARD_FRAMES) where the reference was loud (LOUD_REFERENCE): the median of mic minus
-    reference level; at most its neighbours' within DRIFT. A delay with fewer than
-    MIN_GAIN_FRAMES such frames was not heard yet (the avatar had only just started to speak):
-    once KNOWN_SHARE of the delays are read, its gain is the highest read at any; before that,
-    the echo may be as loud as UNKNOWN_GAIN there if the voice follows the reference's contour
-    at that delay (it would be the echo of the avatar's first words).
+    VOICE_GUARD_FRAMES; before its last MAX_UNREAD_FRAMES if longer) where the reference was
+    loud (LOUD_REFERENCE): the median of mic minus reference level; at most its neighbours'
+    within DRIFT. A delay with fewer than MIN_GAIN_FRAMES such frames was not heard yet (the
+    avatar had only just started to speak): once KNOWN_SHARE of the delays are read, its gain
+    is the highest read at any; before that, the echo may be as loud as UNKNOWN_GAIN there if
+    the voice follows the reference's contour at that delay (it would be the echo of the
+    avatar's first words).
     """
     mic, reference = _level(mic_bands), _level(reference_bands)
     frames = mic.shape[0]
     offsets = reference.shape[0] - frames + 1
-    learn = frames - voice - VOICE_GUARD_FRAMES  # frames the echo's gain is read from
+    learn = frames - min(voice, MAX_UNREAD_FRAMES) - VOICE_GUARD_FRAMES  # frames the echo's gain is read from
     judged = min(voice, MAX_VOICE_FRAMES)  # the voice's frames compared with the echo
     if offsets <= 0 or voice <= 0 or learn <= 0:
         return -UNKNOWN_GAIN

@@ -56,7 +56,7 @@ ECHO_CHECKS = 3  # windows (32 ms each) that must not look like echo before barg
 UNLIKE_ECHO = 0.7
 # A contour unlike the echo's counts only from a voice this far over the echo's level (decades
 # of power, 8 dB; see inputs.echo.over_echo). Offline, with the echo through a jitter buffer
-# that leaves 40-100 ms gaps: 3 of 75 pure echoes interrupted the avatar, against 46 of 75 with
+# that leaves 40-100 ms gaps: 1 of 75 pure echoes interrupted the avatar, against 46 of 75 with
 # the contour alone.
 AUDIBLE_OVER_ECHO = 0.8
 

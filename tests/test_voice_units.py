@@ -198,12 +198,16 @@ def test_the_avatars_echo_through_a_jittery_receiver_never_barges_in():
     rng = np.random.default_rng(7)
     for text, voice in AVATAR_TALK:
         avatar = espeak_speech(text, voice=voice)
-        for _ in range(3):
-            echo = _jittered(avatar, rng) * rng.uniform(0.05, 0.5)
+        # No echo canceller (5-50% of the avatar's loudness), and what one leaves (1-5%, near
+        # the noise floor: its contour is unclear, and it can sound for seconds unbroken).
+        for gain in (0.05, 0.2, 0.5, 0.02, 0.03, 0.04):
+            echo = _jittered(avatar, rng) * gain
             echo += rng.normal(0, 0.002, avatar.size).astype(np.float32)
+            vad = VoiceActivity()
+            voiced = sum(vad.probability(echo[i : i + WINDOW]) >= 0.5 for i in range(0, echo.size - WINDOW, WINDOW))
+            assert voiced * WINDOW / 16000 > 1.0, f"the VAD hardly hears an echo at {gain}: it proves nothing"
             reports = _listen(avatar, echo)
-            assert ("echo" in {kind for kind, _ in reports}), "the echo never reached the guard: proves nothing"
-            assert "barge_in" not in {kind for kind, _ in reports}, (text, reports)
+            assert "barge_in" not in {kind for kind, _ in reports}, (text, gain, reports)
 
 
 def test_a_voice_over_the_avatar_interrupts_it_once_it_is_an_utterance_and_loses_no_words():
