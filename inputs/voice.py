@@ -7,8 +7,8 @@ Stages overlap with the user still talking, since the silence that ends an utter
 takes most of the time a reply may take: partial transcripts come while they speak, at the
 first moment of silence the utterance is transcribed and, in chat mode, a moment later its
 answer is started and synthesised, held back until the silence is long enough to end the
-utterance, or thrown away if the user goes on. Utterances are answered in order; a speech-to-text failure
-is told on /sse and the next utterance is tried.
+utterance, or thrown away if the user goes on. Utterances are answered in order; a
+speech-to-text failure is told on /sse and the next utterance is tried.
 """
 
 from __future__ import annotations
