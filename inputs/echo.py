@@ -195,7 +195,7 @@ def over_echo(mic_bands: np.ndarray, reference_bands: np.ndarray, voice: int) ->
     known = loud.sum(axis=1) >= MIN_GAIN_FRAMES
     gain = np.full(offsets, UNKNOWN_GAIN)  # log10 of the echo's power gain per delay
     if known.any():
-        gain[known] = np.nanmedian(np.where(loud[known], excess[known, :learn], np.nan), axis=1)
+        gain[known] = _masked_median(excess[known, :learn], loud[known])
     if known.mean() >= KNOWN_SHARE:
         # Read at a wrong delay the gain comes out lower (the echo's quiet moments meet the
         # reference's loud ones), so the echo's own is the highest read.
@@ -206,6 +206,15 @@ def over_echo(mic_bands: np.ndarray, reference_bands: np.ndarray, voice: int) ->
     # The delay drifts (a jitter buffer): the echo's gain at a delay is its neighbours' at most.
     gain = np.lib.stride_tricks.sliding_window_view(np.pad(gain, DRIFT, mode="edge"), 2 * DRIFT + 1).max(axis=1)
     return float(np.min(np.median(excess[:, -judged:], axis=1) - gain))
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The median of each row's values where `mask` is set (every row has one at least):
+    np.nanmedian's result, without its masked-array path, which took a third of a comparison."""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    count = mask.sum(axis=1)
+    rows = np.arange(values.shape[0])
+    return (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2]) / 2
 
 
 def _piece_scores(mic: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
