@@ -92,7 +92,7 @@ class VoiceInput:
         self.stats = VoiceStats()
         self._hooks = hooks
         self._barge_in = barge_in
-        self._config = config
+        self._config = config or SegmenterConfig()
         self._loop = asyncio.get_running_loop()
         self._listener: Listener | None = None
         self._reader: asyncio.Task | None = None
@@ -214,8 +214,7 @@ class VoiceInput:
             if self.mode == "chat" and current.transcript is not None:
                 # Unless the user goes on, the utterance ends (and its answer is heard) once the
                 # silence has lasted end_silence_s.
-                config = self._config or SegmenterConfig()
-                release_at = time.perf_counter() + config.end_silence_s - config.speculate_s
+                release_at = time.perf_counter() + self._config.end_silence_s - self._config.speculate_s
                 self._spawn(self._speculate(current, release_at))
         elif heard.kind == "resume":
             self._drop_speculation(current)
